@@ -1,0 +1,65 @@
+# cocoon: `make demo` and `make test` work on a fresh machine (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO       ?= cargo
+BUILD       := build
+STATIC_TRIPLE := x86_64-unknown-linux-gnu
+STATIC_ENV  := RUSTFLAGS="-C target-feature=+crt-static"
+INIT_BIN    := target/$(STATIC_TRIPLE)/release/cocoon-boot-init
+VMM_DEBUG   := target/debug/cocoon-vmm
+VMM_RELEASE := target/release/cocoon-vmm
+
+.PHONY: help deps build build-release kernel initrd lint unit e2e test demo bench clean
+
+help:
+	@echo "make demo    install what is missing, build, boot the guest in a cocoon micro-VM"
+	@echo "make test    install what is missing, run every test (lint, unit, KVM, end-to-end)"
+	@echo "make bench   boot-time and memory table: cocoon-vmm vs QEMU microvm"
+	@echo "make deps | build | kernel | initrd | lint | unit | e2e | clean"
+
+deps:
+	@scripts/deps.sh
+
+build:
+	$(CARGO) build --workspace --quiet
+
+build-release:
+	$(CARGO) build --release --quiet -p cocoon-vmm
+
+kernel: deps
+	@mkdir -p $(BUILD)
+	@k=$$(guest-kernel/build.sh) && ln -sfn "$$k" $(BUILD)/vmlinux
+
+# The boot slice's init, linked statically, packed as /init.
+initrd:
+	@mkdir -p $(BUILD)
+	$(STATIC_ENV) $(CARGO) build --release --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init
+	rootfs/mkinitrd.py --init $(INIT_BIN) --out $(BUILD)/initrd.cpio
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
+	$(CARGO) clippy -p cocoon-e2e --features e2e --all-targets --quiet -- -D warnings
+
+unit:
+	python3 -m unittest discover -s rootfs -p 'test_*.py'
+	$(CARGO) test --workspace
+
+# Real-VM tests: directly on VT-x/AMD-V, inside the nested test host on PVM.
+e2e: kernel initrd build
+	@tests/run-e2e.sh
+
+test: deps lint unit e2e
+	@echo "make test: all passed"
+
+demo: deps kernel initrd build-release
+	@scripts/demo.sh
+
+bench: deps kernel initrd build-release
+	@tests/bench/run.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)

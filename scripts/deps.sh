@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what cocoon needs to build and test, idempotently: quiet when
+# everything is there, and says what it installs otherwise.
+set -euo pipefail
+
+# Debian packages: the test host (QEMU + Debian's kernel + busybox), the guest
+# kernel source and its build tools, and the initrd tooling.
+packages=(
+  qemu-system-x86      # the nested test host and the QEMU microvm peer in make bench
+  linux-image-amd64    # the test host's kernel (has kvm_amd, 9p, overlay, vhost_vsock)
+  busybox-static       # the test host's userland
+  flex bison bc libelf-dev libssl-dev make gcc   # guest kernel build
+  cpio xz-utils python3 # initrd packing, kernel source unpacking
+  util-linux           # flock, script
+)
+
+sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# The newest linux-source-X.Y the archive has (the guest kernel source).
+apt_updated=0
+apt_update() { [ "$apt_updated" = 1 ] || { echo "[deps] apt-get update"; sudo_ apt-get update -qq >/dev/null; apt_updated=1; }; }
+newest_source() { apt-cache search --names-only '^linux-source-[0-9.]+$' 2>/dev/null | cut -d' ' -f1 | sort -V | tail -n1; }
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ! ls /usr/src/linux-source-*.tar.xz >/dev/null 2>&1; then
+  src=$(newest_source)
+  if [ -z "$src" ]; then apt_update; src=$(newest_source); fi
+  [ -n "$src" ] || { echo "[deps] error: no linux-source-* package in the archive" >&2; exit 1; }
+  missing+=("$src")
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_update
+  echo "[deps] installing: ${missing[*]}"
+  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/tmp/cocoon-deps-apt.log 2>&1 \
+    || { tail -20 /tmp/cocoon-deps-apt.log >&2; echo "[deps] error: apt-get install failed (log: /tmp/cocoon-deps-apt.log)" >&2; exit 1; }
+fi
+
+# Rust components used by make test.
+for comp in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$comp" || { echo "[deps] rustup component add $comp"; rustup component add "$comp" >/dev/null 2>&1; }
+done
+exit 0

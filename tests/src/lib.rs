@@ -1,0 +1,129 @@
+//! Helpers for cocoon's end-to-end tests: where the built artefacts are, and
+//! running a process with a deadline while capturing its output.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The artefacts `make e2e` hands to the tests through the environment.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+impl Artifacts {
+    /// Reads `COCOON_VMM`, `COCOON_KERNEL` and `COCOON_INITRD`; panics with
+    /// the way out when one is missing (these tests run through `make e2e`).
+    pub fn from_env() -> Self {
+        let get = |name: &str| -> PathBuf {
+            let path = std::env::var_os(name)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    panic!("{name} is not set: run the end-to-end tests with `make e2e`")
+                });
+            assert!(
+                path.exists(),
+                "{name}={} does not exist: run `make e2e`",
+                path.display()
+            );
+            path
+        };
+        Artifacts {
+            vmm: get("COCOON_VMM"),
+            kernel: get("COCOON_KERNEL"),
+            initrd: get("COCOON_INITRD"),
+        }
+    }
+}
+
+/// What a finished (or killed) process left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+    pub timed_out: bool,
+}
+
+impl Finished {
+    /// A readable dump for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "status: {:?} (timed out: {}) after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.timed_out, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` with stdin closed, capturing stdout and stderr, and kills it
+/// (SIGKILL) if it is still running after `deadline`.
+pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Finished {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for killed child");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Finished {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+        elapsed: start.elapsed(),
+        timed_out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_kills_a_hanging_process() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let f = run_with_deadline(cmd, Duration::from_millis(200));
+        assert!(f.timed_out);
+        assert!(!f.status.success());
+        assert!(f.elapsed < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn output_and_exit_code_are_captured() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let f = run_with_deadline(cmd, Duration::from_secs(10));
+        assert!(!f.timed_out);
+        assert_eq!(f.status.code(), Some(3));
+        assert_eq!(f.stdout, "out\n");
+        assert_eq!(f.stderr, "err\n");
+    }
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Runs a command inside the nested test host: a Linux VM under QEMU TCG with
+# emulated AMD SVM, so that /dev/kvm inside it is real (emulated) hardware KVM
+# that can boot Linux guests, unlike this machine's PVM /dev/kvm.
+#
+#   tests/testhost/run.sh [--timeout SECS] [--mem MIB] [--cpus N] [--keep-log] -- CMD [ARGS...]
+#
+# Inside: the host's root read-only (9p) with a writable tmpfs overlay, the same
+# working directory, kvm_amd/vhost_vsock/tun/fuse loaded, cgroup2 mounted.
+# CMD's stdout and stderr stream here; its exit code is ours (124 on timeout).
+# The test host's own console goes to a log, printed when something fails.
+set -euo pipefail
+
+timeout=900 mem=${COCOON_TESTHOST_MEM:-4096} cpus=${COCOON_TESTHOST_CPUS:-2} keep_log=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --timeout) timeout=$2; shift 2;;
+    --mem) mem=$2; shift 2;;
+    --cpus) cpus=$2; shift 2;;
+    --keep-log) keep_log=1; shift;;
+    --) shift; break;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0;;
+    *) echo "testhost: unknown option '$1' (usage: run.sh [--timeout S] [--mem MIB] [--cpus N] -- CMD...)" >&2; exit 2;;
+  esac
+done
+[ $# -gt 0 ] || { echo "testhost: no command given (usage: run.sh [options] -- CMD...)" >&2; exit 2; }
+
+here=$(cd "$(dirname "$0")" && pwd)
+initramfs=$("$here/build-initramfs.sh")
+kver=$(cat "$(dirname "$initramfs")/kernel-version")
+kernel=/boot/vmlinuz-$kver
+command -v qemu-system-x86_64 >/dev/null || { echo "testhost: qemu-system-x86_64 missing: run 'make deps'" >&2; exit 2; }
+
+out=$(mktemp -d /tmp/cocoon-testhost.XXXXXX)
+qpid=""
+cleanup() { [ -n "$qpid" ] && kill -9 "$qpid" 2>/dev/null; rm -rf "$out"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+{
+  echo "cd $(printf '%q' "$PWD") || exit 97"
+  while IFS='=' read -r name _; do
+    case "$name" in
+      PATH|HOME|USER|LANG|RUST_LOG|RUST_BACKTRACE|CARGO_*|COCOON_*|CI) echo "export $name=$(printf '%q' "${!name}")";;
+    esac
+  done < <(env)
+  echo "export COCOON_IN_TESTHOST=1"
+  printf 'exec'; printf ' %q' "$@"; echo
+} >"$out/cmd.sh"
+mkfifo "$out/console"
+
+qemu-system-x86_64 -M pc -accel ${COCOON_TESTHOST_ACCEL:-tcg} -cpu max -smp "$cpus" -m "$mem" \
+  -nodefaults -no-user-config -display none -no-reboot \
+  -kernel "$kernel" -initrd "$initramfs" \
+  -append "console=ttyS0 rdinit=/init quiet loglevel=3 panic=-1 ${COCOON_TESTHOST_APPEND:-}" \
+  -chardev file,id=hostcon,path="$out/console.log" -serial chardev:hostcon \
+  -chardev file,id=cmdout,path="$out/console" -serial chardev:cmdout \
+  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+  -virtfs local,path="$out",mount_tag=out,security_model=none \
+  </dev/null >"$out/qemu.log" 2>&1 &
+qpid=$!
+# Stream the command's output (second serial port) as it comes.
+cat "$out/console" &
+catpid=$!
+
+deadline=$(( $(date +%s) + timeout ))
+while kill -0 "$qpid" 2>/dev/null; do
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    echo "testhost: timed out after ${timeout}s; killing the test host" >&2
+    kill -9 "$qpid" 2>/dev/null || true
+    wait "$catpid" 2>/dev/null || true
+    echo "testhost: last console lines:" >&2; tail -20 "$out/console.log" >&2
+    exit 124
+  fi
+  sleep 0.2
+done
+wait "$qpid" || true
+qpid=""
+wait "$catpid" 2>/dev/null || true
+if [ ! -f "$out/rc" ]; then
+  echo "testhost: the test host ended without an exit code; its console and QEMU said:" >&2
+  tail -30 "$out/console.log" >&2; tail -5 "$out/qemu.log" >&2
+  exit 125
+fi
+rc=$(cat "$out/rc")
+if [ "$keep_log" = 1 ] || { [ "$rc" != 0 ] && [ -n "${COCOON_TESTHOST_VERBOSE:-}" ]; }; then
+  echo "testhost: console log:" >&2; cat "$out/console.log" >&2
+fi
+exit "$rc"

@@ -1,0 +1,149 @@
+//! The interface every virtio device implements, and the interrupt a
+//! device raises towards the driver.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// InterruptStatus bit: a used ring was updated.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 0x1;
+/// InterruptStatus bit: the configuration changed.
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x2;
+
+/// Errors a device returns from `activate`.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver gave us a queue layout the device cannot use.
+    #[error("queue {index} is not usable: {reason}")]
+    BadQueue {
+        /// Queue index.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The device's backend failed to start.
+    #[error("device backend failed to start: {0}")]
+    Backend(String),
+}
+
+/// The interrupt line of one virtio-mmio device: a status word the driver
+/// reads at `InterruptStatus` and an EventFd registered as a KVM irqfd.
+#[derive(Debug)]
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    config_generation: AtomicU32,
+    irq_evt: EventFd,
+}
+
+impl VirtioInterrupt {
+    /// An interrupt raised by writing to `irq_evt`.
+    pub fn new(irq_evt: EventFd) -> Self {
+        VirtioInterrupt {
+            status: AtomicU32::new(0),
+            config_generation: AtomicU32::new(0),
+            irq_evt,
+        }
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.irq_evt.write(1) {
+            crate::limited!(warn, error = %e, "cannot raise virtio interrupt");
+        }
+    }
+
+    /// Tell the driver that used rings changed.
+    pub fn signal_used_queue(&self) {
+        self.raise(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Tell the driver that the configuration space changed.
+    pub fn signal_config_change(&self) {
+        self.config_generation.fetch_add(1, Ordering::SeqCst);
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// The current InterruptStatus value.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clear the acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The configuration generation counter.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation.load(Ordering::SeqCst)
+    }
+
+    /// Clear the status (device reset).
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// The EventFd behind the interrupt (for the irqfd registration).
+    pub fn irq_evt(&self) -> &EventFd {
+        &self.irq_evt
+    }
+}
+
+/// A virtio device model, independent of the transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (1 = net, 2 = block, 4 = rng, 19 = vsock, 26 = fs...).
+    fn device_type(&self) -> u32;
+
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Feature bits the device offers. The transport adds `VIRTIO_F_VERSION_1`.
+    fn features(&self) -> u64;
+
+    /// The features the driver accepted (called when it sets FEATURES_OK).
+    fn ack_features(&mut self, _features: u64) {}
+
+    /// Read from the device configuration space; out-of-range bytes must
+    /// be left as they are (the transport pre-fills them with zeroes).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Write to the device configuration space; out-of-range writes must
+    /// be ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Start the device with the queues the driver set up.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: std::sync::Arc<VirtioInterrupt>,
+    ) -> Result<(), ActivateError>;
+
+    /// The driver wrote `queue` to QueueNotify.
+    fn queue_notify(&mut self, _queue: u16) {}
+
+    /// Stop the device and forget its queues (status written to 0).
+    fn reset(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let irq = VirtioInterrupt::new(evt.try_clone().unwrap());
+        irq.signal_used_queue();
+        irq.signal_config_change();
+        assert_eq!(irq.status(), 3);
+        assert_eq!(irq.config_generation(), 1);
+        assert_eq!(evt.read().unwrap(), 2);
+        irq.ack(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
+        irq.reset();
+        assert_eq!(irq.status(), 0);
+    }
+}

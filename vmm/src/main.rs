@@ -1,0 +1,226 @@
+//! `cocoon-vmm`: boot a Linux guest (or report why not) and exit with a
+//! code that says how the guest ended.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use cocoon_vmm::exit::{
+    EXIT_GUEST_PANIC, EXIT_KVM_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TRIPLE_FAULT,
+};
+use cocoon_vmm::{BootSource, ExitReason, KernelBoot, SerialOutput, VmConfig, Vmm};
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  the guest rebooted or powered off (i8042 reset, as with reboot=k)
+  1  bad arguments, missing files, or the VM could not be set up
+  2  the guest kernel panicked (\"Kernel panic - not syncing\" on the console)
+  3  the guest triple-faulted (KVM_EXIT_SHUTDOWN)
+  4  KVM failed: internal error, failed VM entry, or an unexpected exit
+
+On a host whose /dev/kvm is PVM (no VT-x/AMD-V) a Linux guest is refused;
+run it inside the nested test host: tests/testhost/run.sh -- cocoon-vmm ...";
+
+/// Boot a Linux guest on KVM.
+#[derive(Debug, Parser)]
+#[command(name = "cocoon-vmm", version, about, after_help = EXIT_CODES_HELP)]
+struct Args {
+    /// Guest kernel: ELF vmlinux (from guest-kernel/build.sh) or bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk (cpio archive).
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Extra kernel command line, appended to the built-in base.
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = cocoon_vmm::config::DEFAULT_VCPUS)]
+    vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = cocoon_vmm::config::DEFAULT_MEMORY_MIB)]
+    memory: u64,
+    /// Where the guest console goes: stdout, file:PATH or none.
+    #[arg(long, value_name = "WHERE", default_value = "stdout", value_parser = parse_serial)]
+    serial: SerialOutput,
+    /// Boot even when /dev/kvm is PVM or otherwise software-backed (very slow).
+    #[arg(long, env = "COCOON_ALLOW_PVM", value_parser = clap::builder::FalseyValueParser::new())]
+    allow_slow_kvm: bool,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, value_name = "LEVEL", default_value = "warn")]
+    log_level: String,
+}
+
+fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+    match s {
+        "stdout" => Ok(SerialOutput::Stdout),
+        "none" => Ok(SerialOutput::None),
+        _ => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialOutput::File(PathBuf::from(path))),
+            _ => Err(format!("{s:?} is not stdout, none or file:PATH")),
+        },
+    }
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v).context("invalid RUST_LOG")?,
+        _ => EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+/// Puts the terminal on stdin in raw mode and restores it when dropped.
+struct RawTerminal {
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    fn enable() -> Option<Self> {
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+            return None;
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it and we check the result.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and a valid pointer to a termios.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
+            return None;
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw only modifies the struct we pass.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // SAFETY: valid fd and a valid pointer to a termios.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes saved from the same descriptor.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<i32> {
+    init_logging(&args.log_level)?;
+    if args.kernel.as_os_str().is_empty() {
+        bail!("--kernel is empty; pass the vmlinux printed by guest-kernel/build.sh");
+    }
+    let config = VmConfig {
+        boot: BootSource::Kernel(KernelBoot {
+            kernel: args.kernel,
+            initrd: args.initrd,
+            cmdline_extra: args.cmdline,
+        }),
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+        serial: args.serial,
+        serial_input: true,
+        irqchip: true,
+        allow_slow_kvm: args.allow_slow_kvm,
+    };
+    let vmm = Vmm::new(config).context("cannot set up the VM")?;
+    tracing::info!(
+        cmdline = vmm.cmdline().unwrap_or_default(),
+        "starting guest"
+    );
+    let terminal = RawTerminal::enable();
+    let reason = vmm.run().context("the VM failed");
+    drop(terminal);
+    let reason = reason?;
+    if reason != ExitReason::Reset {
+        eprintln!("cocoon-vmm: {}", reason.describe());
+    }
+    Ok(reason.exit_code())
+}
+
+fn main() {
+    // Keep our exit codes distinct from clap's default of 2 for usage errors.
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                EXIT_SETUP_ERROR
+            } else {
+                EXIT_OK
+            });
+        }
+    };
+    let code = match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cocoon-vmm: error: {e:#}");
+            EXIT_SETUP_ERROR
+        }
+    };
+    debug_assert!([
+        EXIT_OK,
+        EXIT_SETUP_ERROR,
+        EXIT_GUEST_PANIC,
+        EXIT_TRIPLE_FAULT,
+        EXIT_KVM_ERROR
+    ]
+    .contains(&code));
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_destinations() {
+        assert!(matches!(parse_serial("stdout"), Ok(SerialOutput::Stdout)));
+        assert!(matches!(parse_serial("none"), Ok(SerialOutput::None)));
+        match parse_serial("file:/tmp/console.log") {
+            Ok(SerialOutput::File(p)) => assert_eq!(p, PathBuf::from("/tmp/console.log")),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_serial("file:").is_err());
+        assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn defaults_and_required_kernel() {
+        let args = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k"]).unwrap();
+        assert_eq!(args.vcpus, 1);
+        assert_eq!(args.memory, 128);
+        assert!(args.initrd.is_none());
+        assert!(Args::try_parse_from(["cocoon-vmm"]).is_err());
+        let args =
+            Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", "--cmdline", "-- init-arg"])
+                .unwrap();
+        assert_eq!(args.cmdline.as_deref(), Some("-- init-arg"));
+    }
+
+    #[test]
+    fn allow_pvm_from_env() {
+        std::env::set_var("COCOON_ALLOW_PVM", "1");
+        let on = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k"]).unwrap();
+        std::env::set_var("COCOON_ALLOW_PVM", "0");
+        let off = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k"]).unwrap();
+        std::env::remove_var("COCOON_ALLOW_PVM");
+        assert!(on.allow_slow_kvm);
+        assert!(!off.allow_slow_kvm);
+    }
+
+    #[test]
+    fn help_documents_exit_codes() {
+        let help = <Args as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("Exit codes:"));
+        assert!(help.contains("guest kernel panicked"));
+        assert!(help.contains("tests/testhost/run.sh"));
+    }
+}
