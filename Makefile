@@ -8,6 +8,7 @@ BUILD       := build
 STATIC_TRIPLE := x86_64-unknown-linux-gnu
 STATIC_ENV  := RUSTFLAGS="-C target-feature=+crt-static"
 INIT_BIN    := target/$(STATIC_TRIPLE)/release/cocoon-boot-init
+DEVTEST_BIN := target/$(STATIC_TRIPLE)/release/cocoon-devtest-init
 VMM_DEBUG   := target/debug/cocoon-vmm
 VMM_RELEASE := target/release/cocoon-vmm
 
@@ -32,11 +33,13 @@ kernel: deps
 	@mkdir -p $(BUILD)
 	@k=$$(guest-kernel/build.sh) && ln -sfn "$$k" $(BUILD)/vmlinux
 
-# The boot slice's init, linked statically, packed as /init.
+# The guest inits, linked statically, each packed as /init: the boot
+# banner init, and the test-mode init of the device end-to-end tests.
 initrd:
 	@mkdir -p $(BUILD)
-	$(STATIC_ENV) $(CARGO) build --release --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init
+	$(STATIC_ENV) $(CARGO) build --release --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init
 	rootfs/mkinitrd.py --init $(INIT_BIN) --out $(BUILD)/initrd.cpio
+	rootfs/mkinitrd.py --init $(DEVTEST_BIN) --out $(BUILD)/devtest-initrd.cpio
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -12,6 +12,8 @@ pub struct Artifacts {
     pub vmm: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// The test-mode init's initrd (rootfs/devtest-init).
+    pub devtest_initrd: PathBuf,
 }
 
 impl Artifacts {
@@ -35,8 +37,47 @@ impl Artifacts {
             vmm: get("COCOON_VMM"),
             kernel: get("COCOON_KERNEL"),
             initrd: get("COCOON_INITRD"),
+            devtest_initrd: get("COCOON_DEVTEST_INITRD"),
         }
     }
+}
+
+/// The verdict the test-mode init printed for one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckVerdict {
+    Ok(String),
+    Fail(String),
+}
+
+/// Parses the test-mode init's report (`cocoon-devtest: NAME ok[: detail]`,
+/// `cocoon-devtest: NAME FAIL: why`) from the guest console. Returns the
+/// verdicts by name and whether the final `cocoon-devtest: done` was seen.
+pub fn devtest_report(console: &str) -> (Vec<(String, CheckVerdict)>, bool) {
+    let mut verdicts = Vec::new();
+    let mut done = false;
+    for line in console.lines() {
+        let Some(rest) = line.trim_end_matches('\r').split("cocoon-devtest: ").nth(1) else {
+            continue;
+        };
+        if rest == "done" {
+            done = true;
+            continue;
+        }
+        let Some((name, verdict)) = rest.split_once(' ') else {
+            continue;
+        };
+        let v = if let Some(why) = verdict.strip_prefix("FAIL: ") {
+            CheckVerdict::Fail(why.to_string())
+        } else if verdict == "ok" {
+            CheckVerdict::Ok(String::new())
+        } else if let Some(detail) = verdict.strip_prefix("ok: ") {
+            CheckVerdict::Ok(detail.to_string())
+        } else {
+            continue;
+        };
+        verdicts.push((name.to_string(), v));
+    }
+    (verdicts, done)
 }
 
 /// What a finished (or killed) process left behind.
@@ -105,6 +146,23 @@ pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Finished {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devtest_report_is_parsed() {
+        let console = "noise\r\ncocoon-devtest: rng ok: read 64 bytes\r\n\
+                       [ 1.0] cocoon-devtest: fs FAIL: no tag\ncocoon-devtest: blk ok\ncocoon-devtest: done\n";
+        let (v, done) = devtest_report(console);
+        assert!(done);
+        assert_eq!(
+            v,
+            vec![
+                ("rng".into(), CheckVerdict::Ok("read 64 bytes".into())),
+                ("fs".into(), CheckVerdict::Fail("no tag".into())),
+                ("blk".into(), CheckVerdict::Ok(String::new())),
+            ]
+        );
+        assert!(!devtest_report("cocoon-devtest: rng ok").1);
+    }
 
     #[test]
     fn deadline_kills_a_hanging_process() {
