@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 vmm=$PWD/target/release/cocoon-vmm
 kernel=$(readlink -f build/vmlinux)
 initrd=$PWD/build/initrd.cpio
-boot="start=\$(date +%s.%N); $(printf '%q' "$vmm") --kernel $(printf '%q' "$kernel") --initrd $(printf '%q' "$initrd") --vcpus 2 --memory 256; rc=\$?; end=\$(date +%s.%N); echo; echo \"demo: cocoon-vmm exited \$rc after \$(echo \"\$end - \$start\" | bc) s (VMM start to guest reset)\"; exit \$rc"
+boot="start=\$(date +%s.%N); $(printf '%q' "$vmm") --kernel $(printf '%q' "$kernel") --initrd $(printf '%q' "$initrd") --vcpus 2 --memory 256 --cmdline quiet; rc=\$?; end=\$(date +%s.%N); echo; echo \"demo: cocoon-vmm exited \$rc after \$(echo \"\$end - \$start\" | bc) s (VMM start to guest reset)\"; exit \$rc"
 kind=$(scripts/kvm-kind.sh)
 case "$kind" in
   vmx|svm) echo "demo: host KVM is hardware ($kind): booting directly"
