@@ -6,7 +6,9 @@ SHELL := /bin/bash
 CARGO       ?= cargo
 BUILD       := build
 STATIC_TRIPLE := x86_64-unknown-linux-gnu
-STATIC_ENV  := RUSTFLAGS="-C target-feature=+crt-static"
+# crt-static for glibc; libseccomp-sys links libseccomp.so unless told to use
+# Debian's libseccomp.a.
+STATIC_ENV  := RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 INIT_BIN    := target/$(STATIC_TRIPLE)/release/cocoon-boot-init
 DEVTEST_BIN := target/$(STATIC_TRIPLE)/release/cocoon-devtest-init
 VMM_DEBUG   := target/debug/cocoon-vmm

@@ -12,6 +12,7 @@ packages=(
   flex bison bc libelf-dev libssl-dev make gcc   # guest kernel build
   cpio xz-utils python3 # initrd packing, kernel source unpacking
   util-linux           # flock, script
+  libseccomp-dev       # seccomp in the agent (static libseccomp.a)
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -1,0 +1,250 @@
+//! libcontainer runs in a short-lived helper process, not in the agent.
+//!
+//! libcontainer clones its intermediate and init processes with a raw
+//! `clone3` and runs Rust code in the child without `exec`. In the agent's
+//! multi-threaded tokio runtime another thread may hold the allocator's lock
+//! at that moment (no atfork handlers run for a raw clone), so the child could
+//! deadlock. The agent therefore re-executes itself as `cocoon-agent
+//! __helper ...`, a single-threaded process that calls the builder and exits.
+//! The container's init is a child of the helper; when the helper exits it is
+//! reparented to the agent (PID 1, or a child subreaper on the host), whose
+//! reaper collects its exit status.
+//!
+//! Interface: the container's stdin/stdout/stderr are the helper's fds 3, 4
+//! and 5; on success the helper prints the new pid and exits 0; on failure it
+//! prints the error and exits with a class code (see [`HelperFailure`]).
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::reaper::Reaper;
+
+const EXIT_INTERNAL: i32 = 1;
+const EXIT_INVALID: i32 = 2;
+const EXIT_EXISTS: i32 = 3;
+const EXIT_STATE: i32 = 4;
+
+/// What a failed helper reported, by class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelperFailure {
+    Internal,
+    InvalidSpec,
+    AlreadyExists,
+    WrongState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error("starting the libcontainer helper")]
+    Spawn(#[source] std::io::Error),
+    #[error("helper log file")]
+    Log(#[source] std::io::Error),
+    #[error("the helper was lost before it exited")]
+    Lost,
+    #[error("libcontainer: {message}")]
+    Failed {
+        class: HelperFailure,
+        message: String,
+    },
+    #[error("the helper printed no pid: {0:?}")]
+    NoPid(String),
+}
+
+pub enum HelperOp<'a> {
+    /// Create (not start) a container from `<bundle>/config.json`.
+    Create { bundle: &'a Path },
+    /// Run the process in `process.json` in the running container.
+    Exec { process_json: &'a Path },
+}
+
+pub struct HelperRequest<'a> {
+    pub op: HelperOp<'a>,
+    pub container_id: &'a str,
+    /// libcontainer's state root.
+    pub root: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    /// The process's stdin, stdout and stderr.
+    pub stdio: [OwnedFd; 3],
+    /// Directory for the helper's output files.
+    pub work_dir: &'a Path,
+}
+
+/// Runs the helper and returns the new process's pid and the instant
+/// before it was spawned (for [`Reaper::watch`]).
+pub async fn run(reaper: &Reaper, req: HelperRequest<'_>) -> Result<(i32, Instant), HelperError> {
+    let exe = std::env::current_exe().map_err(HelperError::Spawn)?;
+    let tag = format!("{}-{}", std::process::id(), unique());
+    let out_path = req.work_dir.join(format!("helper-{tag}.out"));
+    let err_path = req.work_dir.join(format!("helper-{tag}.err"));
+    let out = File::create(&out_path).map_err(HelperError::Log)?;
+    let err = File::create(&err_path).map_err(HelperError::Log)?;
+
+    let mut cmd = Command::new(exe);
+    cmd.arg("__helper");
+    match req.op {
+        HelperOp::Create { bundle } => cmd.arg("create").arg(bundle),
+        HelperOp::Exec { process_json } => cmd.arg("exec").arg(process_json),
+    };
+    cmd.arg(req.root).arg(req.container_id);
+    if let Some(c) = req.console_socket {
+        cmd.arg(c);
+    }
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.env_remove("RUST_LOG");
+    let fds = [
+        req.stdio[0].as_raw_fd(),
+        req.stdio[1].as_raw_fd(),
+        req.stdio[2].as_raw_fd(),
+    ];
+    // SAFETY: the closure runs between fork and exec and only calls fcntl
+    // and dup2, which are async-signal-safe; it touches no allocator state.
+    unsafe {
+        cmd.pre_exec(move || {
+            // First move all three above 10 so that dup2 onto 3..=5 cannot
+            // overwrite a source that happens to sit there.
+            let mut high = [0; 3];
+            for (i, fd) in fds.iter().enumerate() {
+                let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
+                if h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high[i] = h;
+            }
+            for (i, h) in high.iter().enumerate() {
+                if libc::dup2(*h, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+
+    let since = Instant::now();
+    let exited = {
+        let guard = reaper.spawn_guard();
+        let child = cmd.spawn().map_err(HelperError::Spawn)?;
+        guard.watch(child.id() as i32)
+    };
+    // The agent's copies of the child's ends must go, or EOF never comes.
+    drop(req.stdio);
+    let status = exited.await.map_err(|_| HelperError::Lost)?.status;
+
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    if status != 0 {
+        let class = match status {
+            EXIT_INVALID => HelperFailure::InvalidSpec,
+            EXIT_EXISTS => HelperFailure::AlreadyExists,
+            EXIT_STATE => HelperFailure::WrongState,
+            _ => HelperFailure::Internal,
+        };
+        let message = stderr.lines().last().unwrap_or("helper failed").to_string();
+        if !stderr.is_empty() {
+            tracing::debug!(%stderr, "helper output");
+        }
+        return Err(HelperError::Failed { class, message });
+    }
+    let pid = stdout
+        .trim()
+        .parse::<i32>()
+        .map_err(|_| HelperError::NoPid(stdout.clone()))?;
+    Ok((pid, since))
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Entry point of `cocoon-agent __helper OP PATH ROOT ID [CONSOLE]`.
+pub fn helper_main(args: &[String]) -> i32 {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter("warn,libcgroups=error")
+        .try_init();
+    let [op, path, root, id, rest @ ..] = args else {
+        eprintln!("usage: __helper create|exec PATH ROOT ID [CONSOLE]");
+        return EXIT_INTERNAL;
+    };
+    let console = rest.first().map(PathBuf::from);
+    match helper_run(op, Path::new(path), Path::new(root), id, console) {
+        Ok(pid) => {
+            println!("{pid}");
+            0
+        }
+        Err(e) => {
+            let class = classify(&e);
+            eprintln!("{}", crate::error_code::chain(&e));
+            class
+        }
+    }
+}
+
+fn classify(e: &libcontainer::error::LibcontainerError) -> i32 {
+    use libcontainer::error::LibcontainerError as L;
+    match e {
+        L::InvalidSpec(_) | L::MissingSpec(_) | L::InvalidInput(_) | L::InvalidID(_) => {
+            EXIT_INVALID
+        }
+        L::Exist => EXIT_EXISTS,
+        L::IncorrectStatus(_) => EXIT_STATE,
+        _ => EXIT_INTERNAL,
+    }
+}
+
+fn helper_run(
+    op: &str,
+    path: &Path,
+    root: &Path,
+    id: &str,
+    console: Option<PathBuf>,
+) -> Result<i32, libcontainer::error::LibcontainerError> {
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+
+    // SAFETY: the agent placed the process's stdio on fds 3, 4 and 5 of this
+    // process (see `run`), and nothing else in the helper owns them.
+    let stdio = unsafe {
+        [
+            OwnedFd::from_raw_fd(3),
+            OwnedFd::from_raw_fd(4),
+            OwnedFd::from_raw_fd(5),
+        ]
+    };
+    let [stdin, stdout, stderr] = stdio;
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        .with_root_path(root)?
+        .with_console_socket(console)
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr);
+    match op {
+        "create" => {
+            let container = builder
+                .as_init(path)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()?;
+            Ok(container.pid().map(|p| p.as_raw()).unwrap_or(0))
+        }
+        "exec" => {
+            let pid = builder
+                .as_tenant()
+                .with_process(Some(path))
+                .with_detach(true)
+                .build()?;
+            Ok(pid.as_raw())
+        }
+        other => Err(libcontainer::error::LibcontainerError::InvalidInput(
+            format!("unknown helper op {other}"),
+        )),
+    }
+}
