@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Parser;
 use cocoon_vmm::devices::virtio::block::{Block, BlockConfig};
+use cocoon_vmm::devices::virtio::net::{Net, NetConfig};
 use cocoon_vmm::devices::virtio::rng::Rng;
 use cocoon_vmm::exit::{
     EXIT_GUEST_PANIC, EXIT_KVM_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TRIPLE_FAULT,
@@ -55,6 +56,10 @@ struct Args {
     /// Repeatable; the guest sees them as /dev/vda, /dev/vdb... in this order.
     #[arg(long, value_name = "SPEC", value_parser = parse_block)]
     block: Vec<BlockConfig>,
+    /// Add a virtio-net device on an existing TAP: tap=NAME[,mac=xx:xx:xx:xx:xx:xx].
+    /// Repeatable (eth0, eth1... in this order).
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    net: Vec<NetConfig>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     log_level: String,
@@ -74,6 +79,11 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
 fn parse_block(s: &str) -> Result<BlockConfig, String> {
     s.parse()
         .map_err(|e: cocoon_vmm::devices::virtio::block::BlockConfigError| e.to_string())
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    s.parse()
+        .map_err(|e: cocoon_vmm::devices::virtio::net::NetConfigError| e.to_string())
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
@@ -146,6 +156,10 @@ fn run(args: Args) -> anyhow::Result<i32> {
     for spec in &args.block {
         let block = Block::new(spec).context("cannot set up a --block device")?;
         builder.add_virtio_device(Box::new(block))?;
+    }
+    for spec in &args.net {
+        let net = Net::new(spec).context("cannot set up a --net device")?;
+        builder.add_virtio_device(Box::new(net))?;
     }
     if args.rng {
         builder.add_virtio_device(Box::new(Rng::new()))?;
@@ -278,5 +292,18 @@ mod device_arg_tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("readonly=\"bogus\" is not on or off"), "{err}");
+        let args = Args::try_parse_from([
+            "cocoon-vmm",
+            "--kernel",
+            "/k",
+            "--net",
+            "tap=tap0,mac=02:00:00:00:00:01",
+        ])
+        .unwrap();
+        assert_eq!(args.net[0].tap, "tap0");
+        let err = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", "--net", "tap=t,mac=1:2"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a unicast MAC"), "{err}");
     }
 }

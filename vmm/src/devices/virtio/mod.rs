@@ -4,6 +4,7 @@ pub mod block;
 pub mod checked_chain;
 pub mod device;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod test_chains;
 
