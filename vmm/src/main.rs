@@ -5,10 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use cocoon_vmm::devices::virtio::block::{Block, BlockConfig};
+use cocoon_vmm::devices::virtio::net::{Net, NetConfig};
+use cocoon_vmm::devices::virtio::rng::Rng;
 use cocoon_vmm::exit::{
     EXIT_GUEST_PANIC, EXIT_KVM_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TRIPLE_FAULT,
 };
-use cocoon_vmm::{BootSource, ExitReason, KernelBoot, SerialOutput, VmConfig, Vmm};
+use cocoon_vmm::{BootSource, ExitReason, KernelBoot, SerialOutput, VmConfig, VmmBuilder};
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -46,6 +49,17 @@ struct Args {
     /// Boot even when /dev/kvm is PVM or otherwise software-backed (very slow).
     #[arg(long, env = "COCOON_ALLOW_PVM", value_parser = clap::builder::FalseyValueParser::new())]
     allow_slow_kvm: bool,
+    /// Add a virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
+    /// Add a virtio-blk device on a regular file: path=FILE[,readonly=on][,id=SERIAL].
+    /// Repeatable; the guest sees them as /dev/vda, /dev/vdb... in this order.
+    #[arg(long, value_name = "SPEC", value_parser = parse_block)]
+    block: Vec<BlockConfig>,
+    /// Add a virtio-net device on an existing TAP: tap=NAME[,mac=xx:xx:xx:xx:xx:xx].
+    /// Repeatable (eth0, eth1... in this order).
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    net: Vec<NetConfig>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     log_level: String,
@@ -60,6 +74,16 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
             _ => Err(format!("{s:?} is not stdout, none or file:PATH")),
         },
     }
+}
+
+fn parse_block(s: &str) -> Result<BlockConfig, String> {
+    s.parse()
+        .map_err(|e: cocoon_vmm::devices::virtio::block::BlockConfigError| e.to_string())
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    s.parse()
+        .map_err(|e: cocoon_vmm::devices::virtio::net::NetConfigError| e.to_string())
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
@@ -128,7 +152,19 @@ fn run(args: Args) -> anyhow::Result<i32> {
         irqchip: true,
         allow_slow_kvm: args.allow_slow_kvm,
     };
-    let vmm = Vmm::new(config).context("cannot set up the VM")?;
+    let mut builder = VmmBuilder::new(config).context("cannot set up the VM")?;
+    for spec in &args.block {
+        let block = Block::new(spec).context("cannot set up a --block device")?;
+        builder.add_virtio_device(Box::new(block))?;
+    }
+    for spec in &args.net {
+        let net = Net::new(spec).context("cannot set up a --net device")?;
+        builder.add_virtio_device(Box::new(net))?;
+    }
+    if args.rng {
+        builder.add_virtio_device(Box::new(Rng::new()))?;
+    }
+    let vmm = builder.build().context("cannot set up the VM")?;
     tracing::info!(
         cmdline = vmm.cmdline().unwrap_or_default(),
         "starting guest"
@@ -222,5 +258,52 @@ mod tests {
         assert!(help.contains("Exit codes:"));
         assert!(help.contains("guest kernel panicked"));
         assert!(help.contains("tests/testhost/run.sh"));
+    }
+}
+
+#[cfg(test)]
+mod device_arg_tests {
+    use super::*;
+
+    #[test]
+    fn block_and_rng_arguments() {
+        let args = Args::try_parse_from([
+            "cocoon-vmm",
+            "--kernel",
+            "/k",
+            "--rng",
+            "--block",
+            "path=/a.img,readonly=on",
+            "--block",
+            "path=/b.img,id=data",
+        ])
+        .unwrap();
+        assert!(args.rng);
+        assert_eq!(args.block.len(), 2);
+        assert!(args.block[0].read_only);
+        assert_eq!(args.block[1].serial.as_deref(), Some("data"));
+        let err = Args::try_parse_from([
+            "cocoon-vmm",
+            "--kernel",
+            "/k",
+            "--block",
+            "path=/a,readonly=bogus",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("readonly=\"bogus\" is not on or off"), "{err}");
+        let args = Args::try_parse_from([
+            "cocoon-vmm",
+            "--kernel",
+            "/k",
+            "--net",
+            "tap=tap0,mac=02:00:00:00:00:01",
+        ])
+        .unwrap();
+        assert_eq!(args.net[0].tap, "tap0");
+        let err = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", "--net", "tap=t,mac=1:2"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a unicast MAC"), "{err}");
     }
 }

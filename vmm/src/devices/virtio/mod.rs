@@ -1,7 +1,12 @@
 //! virtio devices over the virtio-mmio (version 2) transport.
 
+pub mod block;
+pub mod checked_chain;
 pub mod device;
 pub mod mmio;
+pub mod net;
+pub mod rng;
+pub mod test_chains;
 
 pub use device::{ActivateError, VirtioDevice, VirtioInterrupt};
 pub use mmio::MmioTransport;
