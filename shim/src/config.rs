@@ -1,0 +1,191 @@
+//! Shim configuration: one TOML file, every field defaulted.
+//!
+//! Looked up in this order: the runtime options' `ConfigPath` (containerd's
+//! `options` table), `COCOON_CONFIG`, `/etc/cocoon/config.toml`. A missing
+//! default file means defaults; a file that was asked for by name must exist.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/cocoon/config.toml";
+pub const CONFIG_ENV: &str = "COCOON_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `toml`'s message names the key and the line.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {field}: {reason}")]
+    Invalid {
+        path: String,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// Which way a pod runs: in a micro-VM, or (tests, debugging) as a
+/// `cocoon-agent` on the host without any isolation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Vm,
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub backend: BackendKind,
+    /// Guest kernel (ELF vmlinux or bzImage).
+    pub kernel: PathBuf,
+    /// Guest initrd holding the agent as /init.
+    pub initrd: PathBuf,
+    pub vmm: PathBuf,
+    pub virtiofsd: PathBuf,
+    /// The agent binary, for the local backend.
+    pub agent: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Appended to the kernel command line.
+    pub kernel_params: String,
+    /// Extra virtiofsd arguments.
+    pub virtiofsd_args: Vec<String>,
+    /// Where pod directories live.
+    pub run_dir: PathBuf,
+    /// How long to wait for the agent to answer after the VM starts.
+    pub agent_timeout_secs: u64,
+    /// Shim log level (tracing filter syntax).
+    pub log_level: String,
+    /// Guest serial console to `<pod>/console.log` (off: no console).
+    pub debug_console: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: BackendKind::Vm,
+            kernel: "/usr/share/cocoon/vmlinux".into(),
+            initrd: "/usr/share/cocoon/agent-initrd.cpio".into(),
+            vmm: "cocoon-vmm".into(),
+            virtiofsd: "virtiofsd".into(),
+            agent: "cocoon-agent".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: String::new(),
+            virtiofsd_args: vec!["--cache=auto".into(), "--sandbox=namespace".into()],
+            run_dir: "/run/cocoon".into(),
+            agent_timeout_secs: 60,
+            log_level: "info".into(),
+            debug_console: true,
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |field, reason: &str| ConfigError::Invalid {
+            path: path.to_string(),
+            field,
+            reason: reason.to_string(),
+        };
+        if self.vcpus == 0 || self.vcpus > 32 {
+            return Err(bad("vcpus", "must be 1..=32"));
+        }
+        if self.memory_mib < 64 {
+            return Err(bad("memory_mib", "must be at least 64"));
+        }
+        if self.agent_timeout_secs == 0 {
+            return Err(bad("agent_timeout_secs", "must be at least 1"));
+        }
+        if !self.run_dir.is_absolute() {
+            return Err(bad("run_dir", "must be an absolute path"));
+        }
+        Ok(())
+    }
+
+    /// Reads `path`; a missing file is an error only when `required`.
+    pub fn load_file(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// The configuration for a shim: `config_path` from the runtime
+    /// options first, then `COCOON_CONFIG`, then the default file.
+    pub fn load(config_path: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(p) = config_path.filter(|p| !p.as_os_str().is_empty()) {
+            return Config::load_file(p, true);
+        }
+        if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+            return Config::load_file(Path::new(&p), true);
+        }
+        Config::load_file(Path::new(DEFAULT_CONFIG_PATH), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("", "t").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn fields_override() {
+        let c = Config::parse(
+            "backend = \"local\"\nvcpus = 2\nmemory_mib = 512\nkernel = \"/k\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.backend, BackendKind::Local);
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.memory_mib, 512);
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.initrd, Config::default().initrd);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::parse("vcpus = \"two\"", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("vcpus"), "{e}");
+        let e = Config::parse("vcpus = 0", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("vcpus"), "{e}");
+        let e = Config::parse("memroy_mib = 1", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("memroy_mib"), "{e}");
+        let e = Config::parse("backend = \"xen\"", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("backend"), "{e}");
+    }
+
+    #[test]
+    fn missing_default_file_is_defaults_but_named_file_must_exist() {
+        let p = Path::new("/nonexistent/cocoon.toml");
+        assert_eq!(Config::load_file(p, false).unwrap(), Config::default());
+        assert!(Config::load_file(p, true).is_err());
+    }
+}

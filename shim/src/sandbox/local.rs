@@ -1,0 +1,108 @@
+//! The local backend: `cocoon-agent` on the host over Unix sockets, no VM.
+//! The agent's share dir is the pod's share dir itself, so storage, specs
+//! and stdio take exactly the path they take with a VM.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cocoon_agent_protocol::address::{connect, Address};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use super::process::Supervised;
+use super::{Backend, Endpoints, PodDir, SandboxError};
+
+pub struct LocalBackend {
+    agent: PathBuf,
+    pod: PodDir,
+    sandbox_id: String,
+    timeout: Duration,
+    proc: Option<Supervised>,
+    dead_tx: watch::Sender<bool>,
+}
+
+impl LocalBackend {
+    pub fn new(agent: PathBuf, pod: PodDir, sandbox_id: &str, timeout: Duration) -> Self {
+        LocalBackend {
+            agent,
+            pod,
+            sandbox_id: sandbox_id.to_string(),
+            timeout,
+            proc: None,
+            dead_tx: watch::channel(false).0,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    async fn start(&mut self) -> Result<Endpoints, SandboxError> {
+        let control = Address::Unix(self.pod.agent_control());
+        let streams = Address::Unix(self.pod.agent_streams());
+        let mut cmd = Command::new(&self.agent);
+        cmd.arg("--listen")
+            .arg(control.to_string())
+            .arg("--stream-listen")
+            .arg(streams.to_string())
+            .arg("--state-dir")
+            .arg(self.pod.agent_state())
+            .arg("--share-dir")
+            .arg(self.pod.shared())
+            .arg("--cgroup-parent")
+            .arg(format!("/cocoon-{}", self.sandbox_id))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let proc = Supervised::spawn("cocoon-agent", cmd, &self.pod.pid_file("agent"))?;
+        let mut exited = proc.exited();
+        let dead_tx = self.dead_tx.clone();
+        tokio::spawn(async move {
+            let _ = exited.wait_for(|s| s.is_some()).await;
+            let _ = dead_tx.send(true);
+        });
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            if let Some(status) = proc.exit_status() {
+                return Err(SandboxError::EarlyExit {
+                    what: "cocoon-agent".into(),
+                    status,
+                });
+            }
+            if connect(&control).await.is_ok() && connect(&streams).await.is_ok() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                proc.stop(Duration::from_secs(1)).await;
+                return Err(SandboxError::Timeout("the local agent".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.proc = Some(proc);
+        Ok(Endpoints {
+            control,
+            streams,
+            share_tag: String::new(),
+        })
+    }
+
+    async fn stop(&mut self) -> Result<(), SandboxError> {
+        if let Some(p) = self.proc.take() {
+            p.stop(Duration::from_secs(5)).await;
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.as_ref().map(|p| p.pid).unwrap_or(0)
+    }
+
+    fn dead(&self) -> watch::Receiver<bool> {
+        self.dead_tx.subscribe()
+    }
+
+    fn pod_dir(&self) -> &PodDir {
+        &self.pod
+    }
+}

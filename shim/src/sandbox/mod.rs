@@ -1,0 +1,68 @@
+//! Where a pod's agent runs: the seam between the task service and the
+//! hypervisor. [`vm::VmBackend`] boots a micro-VM; [`local::LocalBackend`]
+//! runs `cocoon-agent` on the host (tests, no isolation).
+
+pub mod local;
+pub mod pod_dir;
+pub mod process;
+pub mod vm;
+
+use async_trait::async_trait;
+use cocoon_agent_protocol::address::Address;
+use tokio::sync::watch;
+
+pub use pod_dir::PodDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {binary}")]
+    Spawn {
+        binary: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} exited before it was ready ({status})")]
+    EarlyExit { what: String, status: String },
+    #[error(
+        "the agent did not answer within {secs} s: {cause}; last guest console lines:\n{console}"
+    )]
+    AgentTimeout {
+        secs: u64,
+        cause: String,
+        console: String,
+    },
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+}
+
+/// How to reach the agent of a running pod.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub control: Address,
+    pub streams: Address,
+    /// virtio-fs tag of the pod share; empty: the agent sees the share dir
+    /// directly (local backend).
+    pub share_tag: String,
+}
+
+/// One pod's isolation boundary and the agent inside it.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Starts everything and returns once the agent's control socket can
+    /// be connected to (or fails with the reason).
+    async fn start(&mut self) -> Result<Endpoints, SandboxError>;
+    /// Stops and removes everything `start` created; idempotent.
+    async fn stop(&mut self) -> Result<(), SandboxError>;
+    /// The host pid reported for every task of the pod (the VMM's, as
+    /// Kata does; the agent's for the local backend).
+    fn pid(&self) -> u32;
+    /// Becomes `true` when the VM (or the local agent) has died.
+    fn dead(&self) -> watch::Receiver<bool>;
+    fn pod_dir(&self) -> &PodDir;
+}

@@ -1,0 +1,108 @@
+//! A supervised helper process (VMM, virtiofsd, local agent): spawned with
+//! a pid file, watched for exit, killed and reaped on stop.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use super::SandboxError;
+
+pub struct Supervised {
+    pub name: &'static str,
+    pub pid: u32,
+    pid_file: PathBuf,
+    /// `Some(description)` once the process has exited.
+    exited: watch::Receiver<Option<String>>,
+}
+
+impl Supervised {
+    /// Spawns `cmd` and writes its pid to `pid_file`.
+    pub fn spawn(
+        name: &'static str,
+        mut cmd: Command,
+        pid_file: &Path,
+    ) -> Result<Supervised, SandboxError> {
+        let binary = format!("{name} ({:?})", cmd.as_std().get_program());
+        let mut child = cmd
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| SandboxError::Spawn { binary, source })?;
+        let pid = child.id().unwrap_or(0);
+        std::fs::write(pid_file, pid.to_string()).map_err(|source| SandboxError::Io {
+            what: format!("writing {}", pid_file.display()),
+            source,
+        })?;
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            tracing::info!(name, pid, %status, "helper process exited");
+            let _ = tx.send(Some(status));
+        });
+        Ok(Supervised {
+            name,
+            pid,
+            pid_file: pid_file.to_path_buf(),
+            exited: rx,
+        })
+    }
+
+    pub fn exit_status(&self) -> Option<String> {
+        self.exited.borrow().clone()
+    }
+
+    pub fn exited(&self) -> watch::Receiver<Option<String>> {
+        self.exited.clone()
+    }
+
+    /// Waits up to `t` for the process to exit by itself.
+    pub async fn wait_for(&self, t: Duration) -> bool {
+        let mut rx = self.exited.clone();
+        let done = tokio::time::timeout(t, rx.wait_for(|s| s.is_some()))
+            .await
+            .is_ok();
+        done
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; reaped when this returns.
+    pub async fn stop(&self, grace: Duration) {
+        if self.exit_status().is_none() {
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+            if !self.wait_for(grace).await {
+                let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+                self.wait_for(Duration::from_secs(10)).await;
+            }
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+/// `delete` after a killed shim: SIGKILLs the process named by a pid file
+/// if it is still the binary we started (`comm` matches `expect`).
+pub fn kill_from_pid_file(pid_file: &Path, expect: &str) {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    // comm is truncated to 15 bytes.
+    let short: String = expect.chars().take(15).collect();
+    if pid > 1 && !comm.is_empty() && comm.trim() == short {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        for _ in 0..100 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+}

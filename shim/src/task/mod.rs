@@ -1,0 +1,20 @@
+//! The containerd task service (`containerd.task.v2.Task`) over pods.
+
+mod exit;
+mod pod;
+pub mod rpc_error;
+mod service;
+mod state;
+
+pub use pod::remove_pod_dir;
+pub use service::{pod_id_for, runtime_config_path, BackendFactory, TaskService, BUNDLE_POD_FILE};
+
+/// Now as a protobuf timestamp.
+pub fn exit_timestamp_now(
+) -> containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp {
+    state::ExitInfo {
+        status: 0,
+        at_nanos: state::now_nanos(),
+    }
+    .timestamp()
+}

@@ -1,0 +1,699 @@
+//! The `Task` trait implementation: every RPC of `containerd.task.v2.Task`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::ExitSignal;
+use containerd_shim_protos::api::*;
+use containerd_shim_protos::cgroups_v2::metrics as v2;
+use containerd_shim_protos::events::task::*;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim_async::Task;
+use oci_spec::runtime::Spec;
+use tokio::sync::Mutex;
+use ttrpc::r#async::TtrpcContext;
+
+use super::exit::spawn_exit_watcher;
+use super::pod::Pod;
+use super::rpc_error::{self as rpc, from_agent};
+use super::state::{Container, Process};
+use crate::events::{publish, EventSink};
+use crate::sandbox::Backend;
+use crate::stdio::{self, StdioPaths};
+use crate::storage;
+
+type Res<T> = ttrpc::Result<T>;
+
+/// Makes the backend of a new pod from its sandbox id and the runtime
+/// options' `ConfigPath` (if any); the error names the bad config field.
+pub type BackendFactory =
+    Arc<dyn Fn(&str, Option<&Path>) -> Result<Box<dyn Backend>, String> + Send + Sync>;
+
+pub const ANNOTATION_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const ANNOTATION_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// Written into the bundle: which pod a container belongs to (read by the
+/// `delete` command after a killed shim).
+pub const BUNDLE_POD_FILE: &str = "cocoon-sandbox-id";
+
+#[derive(Default)]
+pub struct State {
+    pub pods: HashMap<String, Pod>,
+    pub containers: HashMap<String, Container>,
+}
+
+pub struct Shared {
+    pub state: Mutex<State>,
+    pub events: Arc<dyn EventSink>,
+    factory: BackendFactory,
+    exit: Arc<ExitSignal>,
+}
+
+#[derive(Clone)]
+pub struct TaskService {
+    shared: Arc<Shared>,
+}
+
+/// The pod a container joins: its sandbox's for a CRI container, its own
+/// otherwise.
+pub fn pod_id_for(id: &str, spec: &Spec) -> String {
+    let ann = spec.annotations().clone().unwrap_or_default();
+    match (
+        ann.get(ANNOTATION_CONTAINER_TYPE).map(String::as_str),
+        ann.get(ANNOTATION_SANDBOX_ID),
+    ) {
+        (Some("container"), Some(sid)) if !sid.is_empty() => sid.clone(),
+        _ => id.to_string(),
+    }
+}
+
+/// `ConfigPath` of CRI's `runtimeoptions.v1.Options` (field 2), the way
+/// containerd passes a runtime's `options.ConfigPath`.
+pub fn runtime_config_path(any: &Any) -> Option<PathBuf> {
+    if !any.type_url.ends_with("runtimeoptions.v1.Options") {
+        return None;
+    }
+    let msg = Empty::parse_from_bytes(&any.value).ok()?;
+    let v = msg.special_fields.unknown_fields().get(2)?;
+    match v {
+        containerd_shim_protos::protobuf::UnknownValueRef::LengthDelimited(b) => {
+            let s = std::str::from_utf8(b).ok()?;
+            (!s.is_empty()).then(|| PathBuf::from(s))
+        }
+        _ => None,
+    }
+}
+
+fn check_id(field: &'static str, id: &str) -> Res<()> {
+    cocoon_agent_protocol::stream_header::validate_id(field, id)
+        .map_err(|e| rpc::invalid(e.to_string()))
+}
+
+impl TaskService {
+    pub fn new(events: Arc<dyn EventSink>, factory: BackendFactory, exit: Arc<ExitSignal>) -> Self {
+        TaskService {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                events,
+                factory,
+                exit,
+            }),
+        }
+    }
+
+    async fn publish<E: containerd_shim::event::Event + 'static>(&self, e: E) {
+        publish(self.shared.events.as_ref(), e).await;
+    }
+
+    /// Destroys the pod if no container is left in it.
+    async fn reap_pod_if_empty(&self, st: &mut State, pod_id: &str) {
+        if st.pods.get(pod_id).is_some_and(|p| p.containers.is_empty()) {
+            if let Some(p) = st.pods.remove(pod_id) {
+                p.destroy().await;
+            }
+        }
+    }
+
+    async fn create_inner(&self, st: &mut State, req: &CreateTaskRequest) -> Res<u32> {
+        let id = req.id.as_str();
+        let bundle = PathBuf::from(&req.bundle);
+        let mut spec = Spec::load(bundle.join("config.json"))
+            .map_err(|e| rpc::invalid(format!("reading {}/config.json: {e}", bundle.display())))?;
+        let pod_id = pod_id_for(id, &spec);
+        check_id("sandbox id", &pod_id)?;
+        if !st.pods.contains_key(&pod_id) {
+            let config_path = req.options.as_ref().and_then(runtime_config_path);
+            let backend =
+                (self.shared.factory)(&pod_id, config_path.as_deref()).map_err(rpc::invalid)?;
+            let pod = Pod::start(&pod_id, backend, self.shared.events.clone())
+                .await
+                .map_err(|e| rpc::status(ttrpc::Code::UNAVAILABLE, rpc::chain(&e)))?;
+            st.pods.insert(pod_id.clone(), pod);
+        }
+        let pod = st.pods.get_mut(&pod_id).expect("pod just ensured");
+        let mounted =
+            storage::mount_bundle_rootfs(&bundle, &req.rootfs).map_err(|e| rpc::internal(&e))?;
+        let cdir = pod.dir().container(id);
+        let cleanup = |cdir: &Path| {
+            storage::unshare_container(cdir);
+            if mounted {
+                storage::unmount_bundle_rootfs(&bundle);
+            }
+        };
+        if let Err(e) = storage::share_container(&mut spec, &bundle, &cdir, &pod.guest_share, id) {
+            cleanup(&cdir);
+            return Err(rpc::internal(&e));
+        }
+        if let Some(p) = spec.process_mut() {
+            p.set_terminal(Some(req.terminal));
+        }
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let json = serde_json::to_vec(&spec).map_err(|e| rpc::internal(&e))?;
+        let agent = pod.agent.clone();
+        if let Err(e) = agent
+            .create_container(id, json, stdio.flags(), req.terminal)
+            .await
+        {
+            cleanup(&cdir);
+            return Err(from_agent(e));
+        }
+        let io = match stdio::attach(&agent, id, "", &stdio).await {
+            Ok(io) => io,
+            Err(e) => {
+                let _ = agent.remove(id).await;
+                cleanup(&cdir);
+                return Err(rpc::internal(&e));
+            }
+        };
+        let _ = std::fs::write(bundle.join(BUNDLE_POD_FILE), &pod_id);
+        pod.containers.insert(id.to_string());
+        let mut init = Process::new("", stdio, Vec::new());
+        init.io = Some(io);
+        st.containers.insert(
+            id.to_string(),
+            Container {
+                id: id.to_string(),
+                pod_id,
+                bundle,
+                mounted_rootfs: mounted,
+                init,
+                execs: HashMap::new(),
+            },
+        );
+        Ok(pod.backend.pid())
+    }
+
+    fn pod_of<'a>(st: &'a State, id: &str) -> Res<(&'a Container, &'a Pod)> {
+        let c = st
+            .containers
+            .get(id)
+            .ok_or_else(|| rpc::not_found(format!("container {id}")))?;
+        let p = st
+            .pods
+            .get(&c.pod_id)
+            .ok_or_else(|| rpc::precondition(format!("the pod of {id} is gone")))?;
+        Ok((c, p))
+    }
+
+    fn process_of<'a>(st: &'a State, id: &str, exec_id: &str) -> Res<&'a Process> {
+        let c = st
+            .containers
+            .get(id)
+            .ok_or_else(|| rpc::not_found(format!("container {id}")))?;
+        c.process(exec_id)
+            .ok_or_else(|| rpc::not_found(format!("process {exec_id} in {id}")))
+    }
+}
+
+fn process_state(p: &Process, c: &Container, pid: u32) -> StateResponse {
+    let exit = p.exit();
+    StateResponse {
+        id: if p.exec_id.is_empty() {
+            c.id.clone()
+        } else {
+            p.exec_id.clone()
+        },
+        bundle: c.bundle.display().to_string(),
+        pid,
+        status: p.status.into(),
+        stdin: p.stdio.stdin.clone(),
+        stdout: p.stdio.stdout.clone(),
+        stderr: p.stdio.stderr.clone(),
+        terminal: p.stdio.terminal,
+        exit_status: exit.map(|e| e.status).unwrap_or(0),
+        exited_at: exit.map(|e| e.timestamp()).into(),
+        exec_id: p.exec_id.clone(),
+        ..Default::default()
+    }
+}
+
+fn metrics(s: &cocoon_agent_protocol::agent::StatsContainerResponse) -> v2::Metrics {
+    let mut m = v2::Metrics::new();
+    if let Some(c) = s.cpu.as_ref() {
+        m.cpu = MessageField::some(v2::CPUStat {
+            usage_usec: c.usage_usec,
+            user_usec: c.user_usec,
+            system_usec: c.system_usec,
+            nr_periods: c.nr_periods,
+            nr_throttled: c.nr_throttled,
+            throttled_usec: c.throttled_usec,
+            ..Default::default()
+        });
+    }
+    if let Some(x) = s.memory.as_ref() {
+        m.memory = MessageField::some(v2::MemoryStat {
+            usage: x.usage_bytes,
+            usage_limit: x.limit_bytes,
+            max_usage: x.max_usage_bytes,
+            swap_usage: x.swap_usage_bytes,
+            swap_limit: x.swap_limit_bytes,
+            file: x.cache_bytes,
+            ..Default::default()
+        });
+        m.memory_events = MessageField::some(v2::MemoryEvents {
+            oom_kill: x.oom_kills,
+            ..Default::default()
+        });
+    }
+    if let Some(p) = s.pids.as_ref() {
+        m.pids = MessageField::some(v2::PidsStat {
+            current: p.current,
+            limit: p.limit,
+            ..Default::default()
+        });
+    }
+    if let Some(io) = s.io.as_ref() {
+        let mut e = v2::IOEntry::new();
+        e.rbytes = io.read_bytes;
+        e.wbytes = io.write_bytes;
+        e.rios = io.read_ios;
+        e.wios = io.write_ios;
+        m.io = MessageField::some(v2::IOStat {
+            usage: vec![e],
+            ..Default::default()
+        });
+    }
+    m
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn state(&self, _: &TtrpcContext, req: StateRequest) -> Res<StateResponse> {
+        let st = self.shared.state.lock().await;
+        let (c, pod) = Self::pod_of(&st, &req.id)?;
+        let p = Self::process_of(&st, &req.id, &req.exec_id)?;
+        Ok(process_state(p, c, pod.backend.pid()))
+    }
+
+    async fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> Res<CreateTaskResponse> {
+        check_id("container id", &req.id)?;
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(rpc::unimplemented("restoring from a checkpoint"));
+        }
+        let mut st = self.shared.state.lock().await;
+        if st.containers.contains_key(&req.id) {
+            return Err(rpc::status(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("container {}: already exists", req.id),
+            ));
+        }
+        let pid = match self.create_inner(&mut st, &req).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                let bundle_pod = Spec::load(Path::new(&req.bundle).join("config.json"))
+                    .map(|s| pod_id_for(&req.id, &s))
+                    .unwrap_or_default();
+                self.reap_pod_if_empty(&mut st, &bundle_pod).await;
+                return Err(e);
+            }
+        };
+        drop(st);
+        tracing::info!(id = %req.id, pid, "task created");
+        self.publish(TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: MessageField::some(TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                ..Default::default()
+            }),
+            checkpoint: req.checkpoint.clone(),
+            pid,
+            ..Default::default()
+        })
+        .await;
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start(&self, _: &TtrpcContext, req: StartRequest) -> Res<StartResponse> {
+        let mut st = self.shared.state.lock().await;
+        let (c, pod) = Self::pod_of(&st, &req.id)?;
+        let (agent, pid, dead) = (pod.agent.clone(), pod.backend.pid(), pod.backend.dead());
+        let p = c
+            .process(&req.exec_id)
+            .ok_or_else(|| rpc::not_found(format!("process {} in {}", req.exec_id, req.id)))?;
+        if p.status != Status::CREATED {
+            return Err(rpc::precondition(format!(
+                "process {:?} of {} is {:?}, not created",
+                req.exec_id, req.id, p.status
+            )));
+        }
+        if req.exec_id.is_empty() {
+            agent.start_container(&req.id).await.map_err(from_agent)?;
+        } else {
+            let (json, stdio) = (p.spec_json.clone(), p.stdio.clone());
+            agent
+                .exec_process(&req.id, &req.exec_id, json, stdio.flags())
+                .await
+                .map_err(from_agent)?;
+            let io = stdio::attach(&agent, &req.id, &req.exec_id, &stdio)
+                .await
+                .map_err(|e| rpc::internal(&e))?;
+            if let Some(p) = st
+                .containers
+                .get_mut(&req.id)
+                .and_then(|c| c.process_mut(&req.exec_id))
+            {
+                p.io = Some(io);
+            }
+        }
+        if let Some(p) = st
+            .containers
+            .get_mut(&req.id)
+            .and_then(|c| c.process_mut(&req.exec_id))
+        {
+            p.status = Status::RUNNING;
+        }
+        drop(st);
+        spawn_exit_watcher(
+            self.shared.clone(),
+            agent,
+            req.id.clone(),
+            req.exec_id.clone(),
+            pid,
+            dead,
+        );
+        if req.exec_id.is_empty() {
+            self.publish(TaskStart {
+                container_id: req.id.clone(),
+                pid,
+                ..Default::default()
+            })
+            .await;
+        } else {
+            self.publish(TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                ..Default::default()
+            })
+            .await;
+        }
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> Res<DeleteResponse> {
+        let mut st = self.shared.state.lock().await;
+        let (c, pod) = Self::pod_of(&st, &req.id)?;
+        let pid = pod.backend.pid();
+        let agent = pod.agent.clone();
+        let p = c
+            .process(&req.exec_id)
+            .ok_or_else(|| rpc::not_found(format!("process {} in {}", req.exec_id, req.id)))?;
+        if matches!(p.status, Status::RUNNING | Status::PAUSED) {
+            return Err(rpc::precondition(format!(
+                "process {:?} of {} is still running",
+                req.exec_id, req.id
+            )));
+        }
+        let exit = p.exit();
+        let resp = DeleteResponse {
+            pid,
+            exit_status: exit.map(|e| e.status).unwrap_or(0),
+            exited_at: exit.map(|e| e.timestamp()).into(),
+            ..Default::default()
+        };
+        if !req.exec_id.is_empty() {
+            if let Some(c) = st.containers.get_mut(&req.id) {
+                c.execs.remove(&req.exec_id);
+            }
+            return Ok(resp);
+        }
+        if let Err(e) = agent.remove(&req.id).await {
+            tracing::warn!(id = %req.id, error = %rpc::chain(&e), "RemoveContainer failed");
+        }
+        let c = st.containers.remove(&req.id).expect("checked above");
+        if let Some(pod) = st.pods.get_mut(&c.pod_id) {
+            storage::unshare_container(&pod.dir().container(&c.id));
+            pod.containers.remove(&c.id);
+        }
+        if c.mounted_rootfs {
+            storage::unmount_bundle_rootfs(&c.bundle);
+        }
+        let _ = std::fs::remove_file(c.bundle.join(BUNDLE_POD_FILE));
+        self.reap_pod_if_empty(&mut st, &c.pod_id).await;
+        drop(st);
+        self.publish(TaskDelete {
+            container_id: req.id.clone(),
+            pid,
+            exit_status: resp.exit_status,
+            exited_at: resp.exited_at.clone(),
+            id: req.id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(resp)
+    }
+
+    async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> Res<PidsResponse> {
+        let agent = {
+            let st = self.shared.state.lock().await;
+            Self::pod_of(&st, &req.id)?.1.agent.clone()
+        };
+        let procs = agent.list_processes(&req.id).await.map_err(from_agent)?;
+        Ok(PidsResponse {
+            processes: procs
+                .into_iter()
+                .map(|p| ProcessInfo {
+                    pid: p.pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> Res<Empty> {
+        let mut st = self.shared.state.lock().await;
+        let agent = Self::pod_of(&st, &req.id)?.1.agent.clone();
+        agent.pause(&req.id).await.map_err(from_agent)?;
+        if let Some(c) = st.containers.get_mut(&req.id) {
+            c.init.status = Status::PAUSED;
+        }
+        drop(st);
+        self.publish(TaskPaused {
+            container_id: req.id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> Res<Empty> {
+        let mut st = self.shared.state.lock().await;
+        let agent = Self::pod_of(&st, &req.id)?.1.agent.clone();
+        agent.resume(&req.id).await.map_err(from_agent)?;
+        if let Some(c) = st.containers.get_mut(&req.id) {
+            if c.init.status == Status::PAUSED {
+                c.init.status = Status::RUNNING;
+            }
+        }
+        drop(st);
+        self.publish(TaskResumed {
+            container_id: req.id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(Empty::new())
+    }
+
+    async fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> Res<Empty> {
+        Err(rpc::unimplemented(
+            "Checkpoint (a micro-VM task cannot be checkpointed)",
+        ))
+    }
+
+    async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> Res<Empty> {
+        let agent = {
+            let st = self.shared.state.lock().await;
+            let agent = Self::pod_of(&st, &req.id)?.1.agent.clone();
+            let p = Self::process_of(&st, &req.id, &req.exec_id)?;
+            if p.exit().is_some() {
+                return Err(rpc::not_found("process already finished"));
+            }
+            agent
+        };
+        agent
+            .signal(&req.id, &req.exec_id, req.signal, req.all)
+            .await
+            .map_err(from_agent)?;
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> Res<Empty> {
+        check_id("exec id", &req.exec_id)?;
+        let mut st = self.shared.state.lock().await;
+        let c = st
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| rpc::not_found(format!("container {}", req.id)))?;
+        if c.execs.contains_key(&req.exec_id) {
+            return Err(rpc::status(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("exec {} in {}: already exists", req.exec_id, req.id),
+            ));
+        }
+        if c.init.exit().is_some() {
+            return Err(rpc::precondition(format!(
+                "container {} has exited",
+                req.id
+            )));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        // The process JSON must parse; its terminal flag follows the request.
+        let mut process: oci_spec::runtime::Process =
+            serde_json::from_slice(&spec).map_err(|e| rpc::invalid(format!("exec spec: {e}")))?;
+        process.set_terminal(Some(req.terminal));
+        let json = serde_json::to_vec(&process).map_err(|e| rpc::internal(&e))?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        c.execs
+            .insert(req.exec_id.clone(), Process::new(&req.exec_id, stdio, json));
+        drop(st);
+        self.publish(TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> Res<Empty> {
+        let agent = {
+            let st = self.shared.state.lock().await;
+            Self::process_of(&st, &req.id, &req.exec_id)?;
+            Self::pod_of(&st, &req.id)?.1.agent.clone()
+        };
+        agent
+            .resize_tty(&req.id, &req.exec_id, req.height, req.width)
+            .await
+            .map_err(from_agent)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> Res<Empty> {
+        let mut st = self.shared.state.lock().await;
+        let p = st
+            .containers
+            .get_mut(&req.id)
+            .and_then(|c| c.process_mut(&req.exec_id))
+            .ok_or_else(|| rpc::not_found(format!("process {} in {}", req.exec_id, req.id)))?;
+        if req.stdin {
+            if let Some(io) = p.io.as_mut() {
+                io.close_stdin();
+            }
+        }
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> Res<Empty> {
+        let agent = {
+            let st = self.shared.state.lock().await;
+            Self::pod_of(&st, &req.id)?.1.agent.clone()
+        };
+        let json = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        if json.is_empty() {
+            return Err(rpc::invalid("update: no resources"));
+        }
+        agent.update(&req.id, json).await.map_err(from_agent)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> Res<WaitResponse> {
+        let mut rx = {
+            let st = self.shared.state.lock().await;
+            Self::process_of(&st, &req.id, &req.exec_id)?
+                .exit_tx
+                .subscribe()
+        };
+        let info = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| {
+                rpc::not_found(format!("process {} in {} was deleted", req.exec_id, req.id))
+            })?
+            .expect("waited for Some");
+        Ok(WaitResponse {
+            exit_status: info.status,
+            exited_at: Some(info.timestamp()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> Res<StatsResponse> {
+        let agent = {
+            let st = self.shared.state.lock().await;
+            Self::pod_of(&st, &req.id)?.1.agent.clone()
+        };
+        let s = agent.stats(&req.id).await.map_err(from_agent)?;
+        let value = metrics(&s)
+            .write_to_bytes()
+            .map_err(|e| rpc::internal(&e))?;
+        Ok(StatsResponse {
+            stats: MessageField::some(Any {
+                type_url: "io.containerd.cgroups.v2.Metrics".into(),
+                value,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> Res<ConnectResponse> {
+        let st = self.shared.state.lock().await;
+        let task_pid = Self::pod_of(&st, &req.id)
+            .map(|(_, p)| p.backend.pid())
+            .unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> Res<Empty> {
+        let mut st = self.shared.state.lock().await;
+        if !st.containers.is_empty() {
+            return Ok(Empty::new());
+        }
+        let pods: Vec<String> = st.pods.keys().cloned().collect();
+        for id in pods {
+            if let Some(p) = st.pods.remove(&id) {
+                p.destroy().await;
+            }
+        }
+        tracing::info!("shutdown: no containers left, exiting");
+        self.shared.exit.signal();
+        Ok(Empty::new())
+    }
+}
