@@ -110,10 +110,19 @@ pub fn share_container(
     } else {
         bundle.join(root.path())
     };
+    // A read-only root is enforced on the host too (a compromised guest
+    // cannot write through virtio-fs), unless a mount point still has to
+    // be created in it: then the agent remounts it read-only after its
+    // mounts, as runc does.
     let readonly = root.readonly().unwrap_or(false);
+    let host_ro = readonly
+        && spec.mounts().iter().flatten().all(|m| {
+            let rel = m.destination().strip_prefix("/").unwrap_or(m.destination());
+            host_root.join(rel).exists()
+        });
     let dst = container_dir.join("rootfs");
     std::fs::create_dir_all(&dst).map_err(io("creating", &dst))?;
-    bind(&host_root, &dst, readonly)?;
+    bind(&host_root, &dst, host_ro)?;
     let mut new_root = root.clone();
     new_root.set_path(PathBuf::from("rootfs"));
     spec.set_root(Some(new_root));

@@ -91,6 +91,7 @@ impl Backend for LocalBackend {
         if let Some(p) = self.proc.take() {
             p.stop(Duration::from_secs(5)).await;
         }
+        remove_cgroups(&format!("cocoon-{}", self.sandbox_id));
         Ok(())
     }
 
@@ -104,5 +105,58 @@ impl Backend for LocalBackend {
 
     fn pod_dir(&self) -> &PodDir {
         &self.pod
+    }
+}
+
+/// Removes the agent's cgroup parent (and anything left below it) in
+/// every hierarchy: v2 alone, or each v1 controller.
+fn remove_cgroups(name: &str) {
+    fn rm(p: &std::path::Path) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    rm(&e.path());
+                }
+            }
+        }
+        // Without a VM nothing else ends the containers' processes when
+        // the agent is gone; a frozen cgroup is thawed so SIGKILL lands.
+        let _ = std::fs::write(p.join("freezer.state"), "THAWED");
+        let _ = std::fs::write(p.join("cgroup.freeze"), "0");
+        for _ in 0..50 {
+            let procs = std::fs::read_to_string(p.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<i32> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir(p);
+    }
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    let mut roots = vec![base.to_path_buf()];
+    if !base.join("cgroup.controllers").exists() {
+        if let Ok(rd) = std::fs::read_dir(base) {
+            roots.extend(
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir() && !p.is_symlink()),
+            );
+        }
+    }
+    for r in roots {
+        let d = r.join(name);
+        if d.is_dir() {
+            rm(&d);
+        }
     }
 }

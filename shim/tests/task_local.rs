@@ -1,0 +1,422 @@
+//! The whole task service on the host: TaskService + local backend (a real
+//! cocoon-agent over Unix sockets), driven through a ttrpc TaskClient.
+//! Needs root and `cargo build -p cocoon-agent`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use containerd_shim_protos::api::*;
+use containerd_shim_protos::events::task::TaskExit;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::Message;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(T, f).await.expect("timed out")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reports_exit_code_stdout_stderr_and_events() {
+    let h = Harness::start().await;
+    let (status, out, err) = within(h.run(
+        "c1",
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"],
+        |_| {},
+    ))
+    .await;
+    assert_eq!(status, 3);
+    assert_eq!(out, "to-stdout\n");
+    assert_eq!(err, "to-stderr\n");
+    let topics = h.events.topics();
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ],
+        "{topics:?}"
+    );
+    let exit = h.events.events.lock().unwrap()[2].1.clone();
+    let exit = TaskExit::parse_from_bytes(&exit).unwrap();
+    assert_eq!(
+        (
+            exit.container_id.as_str(),
+            exit.id.as_str(),
+            exit.exit_status
+        ),
+        ("c1", "c1", 3)
+    );
+    assert!(exit.exited_at.seconds > 0);
+    h.shutdown().await;
+    h.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_output_is_not_lost_at_exit() {
+    let h = Harness::start().await;
+    let (status, out, _) = within(h.run(
+        "big",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done",
+        ],
+        |_| {},
+    ))
+    .await;
+    assert_eq!(status, 0);
+    assert_eq!(out.lines().count(), 20000);
+    assert!(out.ends_with("line-19999\n"));
+    h.shutdown().await;
+    h.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_is_copied_and_closed_by_close_io() {
+    let h = Harness::start().await;
+    let bundle = h.bundle("cat", &["cat"], |_| {});
+    let (i, o) = (h.fifo("cat.in"), h.fifo("cat.out"));
+    within(h.create("cat", &bundle, (&i, &o, ""), false))
+        .await
+        .unwrap();
+    let ro = reader(&o);
+    let mut w = tokio::net::unix::pipe::OpenOptions::new()
+        .open_sender(&i)
+        .unwrap();
+    h.start_task("cat", "").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut w, b"hello through stdin\n")
+        .await
+        .unwrap();
+    drop(w);
+    let req = CloseIORequest {
+        id: "cat".into(),
+        stdin: true,
+        ..Default::default()
+    };
+    h.client.close_io(ctx(), &req).await.unwrap();
+    let wr = within(h.wait("cat", "")).await.unwrap();
+    assert_eq!(wr.exit_status, 0);
+    assert_eq!(ro.await.unwrap(), "hello through stdin\n");
+    h.delete("cat", "").await.unwrap();
+    h.shutdown().await;
+    h.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_gives_a_tty() {
+    let h = Harness::start().await;
+    let bundle = h.bundle("tty", &["sh", "-c", "tty; stty size"], |s| {
+        s.process_mut().as_mut().unwrap().set_terminal(Some(true));
+    });
+    let o = h.fifo("tty.out");
+    within(h.create("tty", &bundle, ("", &o, ""), true))
+        .await
+        .unwrap();
+    let ro = reader(&o);
+    h.start_task("tty", "").await.unwrap();
+    let wr = within(h.wait("tty", "")).await.unwrap();
+    assert_eq!(wr.exit_status, 0);
+    let out = ro.await.unwrap();
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    h.delete("tty", "").await.unwrap();
+    h.shutdown().await;
+    h.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_kill_pids_state_and_errors() {
+    let h = Harness::start().await;
+    let bundle = h.bundle("svc", &["sleep", "1000"], |_| {});
+    let pid = within(h.create("svc", &bundle, ("", "", ""), false))
+        .await
+        .unwrap()
+        .pid;
+    assert!(pid > 0);
+    assert_eq!(h.state("svc", "").await.unwrap().status(), Status::CREATED);
+    h.start_task("svc", "").await.unwrap();
+    let e = h.start_task("svc", "").await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION);
+    assert_eq!(h.state("svc", "").await.unwrap().status(), Status::RUNNING);
+
+    // An exec with output.
+    let o = h.fifo("exec1.out");
+    let process = r#"{"args":["sh","-c","echo from-exec; exit 7"],"cwd":"/","env":["PATH=/bin"],"user":{"uid":0,"gid":0}}"#;
+    let exec = |id: &str, stdout: &str| ExecProcessRequest {
+        id: "svc".into(),
+        exec_id: id.into(),
+        stdout: stdout.into(),
+        spec: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: process.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    h.client.exec(ctx(), &exec("e1", &o)).await.unwrap();
+    let e = h.client.exec(ctx(), &exec("e1", "")).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::ALREADY_EXISTS);
+    // containerd opens its FIFO ends before Start.
+    let ro = reader(&o);
+    h.start_task("svc", "e1").await.unwrap();
+    let w = within(h.wait("svc", "e1")).await.unwrap();
+    assert_eq!(w.exit_status, 7);
+    assert_eq!(within(ro).await.unwrap(), "from-exec\n");
+    let d = h.delete("svc", "e1").await.unwrap();
+    assert_eq!(d.exit_status, 7);
+
+    // SIGTERM to a non-init exec process: 128 + 15.
+    let sleeper =
+        r#"{"args":["sleep","1000"],"cwd":"/","env":["PATH=/bin"],"user":{"uid":0,"gid":0}}"#;
+    let mut req = exec("e2", "");
+    req.spec.as_mut().unwrap().value = sleeper.as_bytes().to_vec();
+    h.client.exec(ctx(), &req).await.unwrap();
+    h.start_task("svc", "e2").await.unwrap();
+    let pids = h
+        .client
+        .pids(
+            ctx(),
+            &PidsRequest {
+                id: "svc".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(pids.processes.len() >= 2, "{:?}", pids.processes);
+    h.kill("svc", "e2", 15).await.unwrap();
+    assert_eq!(within(h.wait("svc", "e2")).await.unwrap().exit_status, 143);
+    let e = h.kill("svc", "e2", 15).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
+    h.delete("svc", "e2").await.unwrap();
+
+    // Deleting a running init is refused; SIGKILL gives 137.
+    let e = h.delete("svc", "").await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION);
+    h.kill("svc", "", 9).await.unwrap();
+    let w = within(h.wait("svc", "")).await.unwrap();
+    assert_eq!(w.exit_status, 137);
+    let st = h.state("svc", "").await.unwrap();
+    assert_eq!((st.status(), st.exit_status), (Status::STOPPED, 137));
+    h.delete("svc", "").await.unwrap();
+
+    // Unknown ids and unimplemented methods.
+    let e = h.state("nope", "").await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
+    let e = h
+        .client
+        .checkpoint(
+            ctx(),
+            &CheckpointTaskRequest {
+                id: "svc".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::UNIMPLEMENTED);
+    let topics = h.events.topics();
+    for t in [
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(topics.iter().any(|x| x == t), "{t} missing from {topics:?}");
+    }
+    h.shutdown().await;
+    h.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_stats_and_update() {
+    let h = Harness::start().await;
+    let bundle = h.bundle("p", &["sleep", "1000"], |_| {});
+    within(h.create("p", &bundle, ("", "", ""), false))
+        .await
+        .unwrap();
+    h.start_task("p", "").await.unwrap();
+    h.client
+        .pause(
+            ctx(),
+            &PauseRequest {
+                id: "p".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.state("p", "").await.unwrap().status(), Status::PAUSED);
+    h.client
+        .resume(
+            ctx(),
+            &ResumeRequest {
+                id: "p".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.state("p", "").await.unwrap().status(), Status::RUNNING);
+    let s = h
+        .client
+        .stats(
+            ctx(),
+            &StatsRequest {
+                id: "p".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let any = s.stats.unwrap();
+    assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+    let m =
+        containerd_shim_protos::cgroups_v2::metrics::Metrics::parse_from_bytes(&any.value).unwrap();
+    assert!(m.pids.current >= 1, "{m:?}");
+    let update = UpdateTaskRequest {
+        id: "p".into(),
+        resources: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: br#"{"pids":{"limit":50}}"#.to_vec(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    h.client.update(ctx(), &update).await.unwrap();
+    let c = h
+        .client
+        .connect(
+            ctx(),
+            &ConnectRequest {
+                id: "p".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.shim_pid, std::process::id());
+    assert!(c.task_pid > 0);
+    h.kill("p", "", 9).await.unwrap();
+    within(h.wait("p", "")).await.unwrap();
+    h.delete("p", "").await.unwrap();
+    let topics = h.events.topics();
+    assert!(topics.contains(&"/tasks/paused".to_string()), "{topics:?}");
+    assert!(topics.contains(&"/tasks/resumed".to_string()), "{topics:?}");
+    h.shutdown().await;
+    h.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_rootfs_env_cwd_and_bind_mounts() {
+    let h = Harness::start().await;
+    let data = h.dir.path().join("data.txt");
+    std::fs::write(&data, "host data\n").unwrap();
+    let data2 = data.clone();
+    let (status, out, err) = within(h.run(
+        "ro",
+        &[
+            "sh",
+            "-c",
+            "cat /data.txt; echo $GREETING; pwd; touch /x || echo ro-ok",
+        ],
+        move |s| {
+            let mut r = s.root().clone().unwrap();
+            r.set_readonly(Some(true));
+            s.set_root(Some(r));
+            let p = s.process_mut().as_mut().unwrap();
+            p.set_env(Some(vec!["PATH=/bin".into(), "GREETING=hi-env".into()]));
+            p.set_cwd("/tmp".into());
+            let mut mounts = s.mounts().clone().unwrap();
+            let mut m = oci_spec::runtime::Mount::default();
+            m.set_destination("/data.txt".into());
+            m.set_typ(Some("bind".into()));
+            m.set_source(Some(data2));
+            m.set_options(Some(vec!["rbind".into(), "ro".into()]));
+            mounts.push(m);
+            s.set_mounts(Some(mounts));
+        },
+    ))
+    .await;
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(out, "host data\nhi-env\n/tmp\nro-ok\n", "{err}");
+    h.shutdown().await;
+    h.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_death_exits_every_task_non_zero() {
+    let h = Harness::start().await;
+    let bundle = h.bundle("doomed", &["sleep", "1000"], |_| {});
+    within(h.create("doomed", &bundle, ("", "", ""), false))
+        .await
+        .unwrap();
+    let pid = h.start_task("doomed", "").await.unwrap().pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let w = within(h.wait("doomed", "")).await.unwrap();
+    assert_eq!(w.exit_status, 255);
+    assert!(h.events.topics().contains(&"/tasks/exit".to_string()));
+    h.delete("doomed", "").await.unwrap();
+    h.shutdown().await;
+    h.assert_clean();
+    // The container's own process died with its agent's pid namespace? It
+    // was the agent's child; make sure no `sleep 1000` of ours is left.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_annotations_put_containers_in_one_pod() {
+    let h = Harness::start().await;
+    let ann = |ty: &str| {
+        let ty = ty.to_string();
+        move |s: &mut oci_spec::runtime::Spec| {
+            let mut a = std::collections::HashMap::new();
+            a.insert("io.kubernetes.cri.container-type".to_string(), ty);
+            a.insert(
+                "io.kubernetes.cri.sandbox-id".to_string(),
+                "sbx".to_string(),
+            );
+            s.set_annotations(Some(a));
+        }
+    };
+    let b1 = h.bundle("sbx", &["sleep", "1000"], ann("sandbox"));
+    let b2 = h.bundle("app", &["sleep", "1000"], ann("container"));
+    let p1 = within(h.create("sbx", &b1, ("", "", ""), false))
+        .await
+        .unwrap()
+        .pid;
+    let p2 = within(h.create("app", &b2, ("", "", ""), false))
+        .await
+        .unwrap()
+        .pid;
+    assert_eq!(p1, p2, "both containers report the same pod pid");
+    let pods: Vec<_> = std::fs::read_dir(h.run_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(pods, vec![std::ffi::OsString::from("sbx")]);
+    for id in ["app", "sbx"] {
+        h.start_task(id, "").await.unwrap();
+        h.kill(id, "", 9).await.unwrap();
+        assert_eq!(within(h.wait(id, "")).await.unwrap().exit_status, 137);
+    }
+    h.delete("app", "").await.unwrap();
+    assert!(
+        h.run_dir().join("sbx").exists(),
+        "pod outlives its first deleted container"
+    );
+    h.delete("sbx", "").await.unwrap();
+    h.shutdown().await;
+    h.assert_clean();
+}
