@@ -1,9 +1,9 @@
 //! containerd's stdio FIFOs <-> the agent's raw streams.
 //!
-//! Every FIFO is opened read-write: opening never blocks or fails for a
-//! missing peer, the stdin copy never sees a spurious EOF before ctr opened
-//! its end (containerd closes stdin with CloseIO), and output never fails
-//! with EPIPE. Output copies end when the agent closes the stream, which it
+//! Output FIFOs are opened read-write: opening never blocks or fails for a
+//! missing reader, and writing never fails with EPIPE. The stdin FIFO is
+//! read-only: the writer's close (ctr at the end of its stdin) or CloseIO
+//! gives the process EOF. Output copies end when the agent closes the stream, which it
 //! does once the process and every other writer are gone and the pipe is
 //! drained; Wait waits for them, so no output is lost at exit.
 
@@ -106,9 +106,11 @@ fn open_out(path: &str) -> Result<pipe::Sender, StdioError> {
         })
 }
 
+/// Read-only, so that the writer's close is EOF (what ctr relies on); a
+/// FIFO that never had a writer reports nothing to epoll, so there is no
+/// EOF before ctr opens its end.
 fn open_in(path: &str) -> Result<pipe::Receiver, StdioError> {
     pipe::OpenOptions::new()
-        .read_write(true)
         .open_receiver(path)
         .map_err(|source| StdioError::Fifo {
             path: path.into(),
