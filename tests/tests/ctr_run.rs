@@ -1,0 +1,248 @@
+//! End to end through containerd's `ctr`: our own containerd (tests/ctr/
+//! containerd.sh), the busybox image built from busybox-static, and
+//! `--runtime io.containerd.cocoon.v2`.
+//!
+//! `COCOON_E2E_BACKEND=vm` (default; inside the test host or on VT-x/AMD-V:
+//! needs COCOON_VMM, COCOON_KERNEL, COCOON_AGENT_INITRD and virtiofsd) or
+//! `local` (the agent on the host, no VM: runs on any root Linux host).
+#![cfg(feature = "e2e")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "docker.io/cocoon/busybox:latest";
+const RUNTIME: &str = "io.containerd.cocoon.v2";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn target_bin(name: &str) -> PathBuf {
+    let p = repo().join("target/debug").join(name);
+    assert!(p.exists(), "{} missing: cargo build -p {}", p.display(), name);
+    p
+}
+
+struct Containerd {
+    dir: PathBuf,
+    run_dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Containerd {
+    fn start(tag: &str) -> Containerd {
+        let dir = PathBuf::from(format!("/tmp/cocoon-e2e-ctr-{}-{tag}", std::process::id()));
+        let run_dir = PathBuf::from(format!("/run/cocoon-e2e-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let backend = std::env::var("COCOON_E2E_BACKEND").unwrap_or_else(|_| "vm".into());
+        let mut cfg = format!(
+            "backend = \"{backend}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\nagent = \"{}\"\nagent_timeout_secs = 120\n",
+            run_dir.display(),
+            target_bin("cocoon-agent").display()
+        );
+        if backend == "vm" {
+            for (key, var) in [("vmm", "COCOON_VMM"), ("kernel", "COCOON_KERNEL"), ("initrd", "COCOON_AGENT_INITRD")] {
+                let v = std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set (make e2e sets it)"));
+                cfg.push_str(&format!("{key} = \"{v}\"\n"));
+            }
+        }
+        let cfg_path = dir.join("cocoon.toml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let shim_dir = target_bin("containerd-shim-cocoon-v2").parent().unwrap().to_path_buf();
+        let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let env = vec![
+            ("PATH".to_string(), path),
+            ("COCOON_CONFIG".to_string(), cfg_path.display().to_string()),
+        ];
+        let d = Containerd { dir, run_dir, env };
+        let st = d.script("start");
+        assert!(st.status.success(), "containerd start: {}", String::from_utf8_lossy(&st.stderr));
+        d
+    }
+
+    fn script(&self, verb: &str) -> Output {
+        Command::new(repo().join("tests/ctr/containerd.sh"))
+            .arg(verb)
+            .arg(&self.dir)
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.dir.join("containerd.sock"))
+            .args(["-n", "cocoon"])
+            .args(args)
+            .envs(self.env.iter().cloned());
+        c
+    }
+
+    /// Runs ctr with a deadline; returns (exit code, stdout, stderr).
+    fn ctr_in(&self, args: &[&str], stdin: &[u8], limit: Duration) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = self
+            .ctr_cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut i = child.stdin.take().unwrap();
+        i.write_all(stdin).unwrap();
+        drop(i);
+        let start = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                panic!("ctr {args:?} took longer than {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ctr(&self, args: &[&str]) -> (i32, String, String) {
+        self.ctr_in(args, b"", Duration::from_secs(180))
+    }
+
+    fn run(&self, id: &str, extra: &[&str], cmd: &[&str]) -> (i32, String, String) {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+        a.extend_from_slice(extra);
+        a.push(IMAGE);
+        a.push(id);
+        a.extend_from_slice(cmd);
+        self.ctr(&a)
+    }
+
+    /// Nothing of ours is left: pod dirs, mounts, helper processes.
+    fn assert_clean(&self) {
+        let pods: Vec<_> = std::fs::read_dir(&self.run_dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(pods.is_empty(), "pod dirs left: {pods:?}");
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let run = self.run_dir.display().to_string();
+        assert!(!info.contains(&run), "mounts left under {run}");
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        let left: Vec<_> = ps.lines().filter(|l| l.contains(&run)).collect();
+        assert!(left.is_empty(), "processes left: {left:?}");
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+        let _ = std::fs::remove_dir(&self.run_dir);
+    }
+}
+
+#[test]
+fn ctr_run_exit_codes_stdout_stderr_stdin() {
+    let c = Containerd::start("basic");
+    let t = Instant::now();
+    let (rc, out, _) = c.run("hello", &[], &["echo", "hello from a micro-VM"]);
+    eprintln!("ctr run --rm echo: {:?}", t.elapsed());
+    assert_eq!((rc, out.as_str()), (0, "hello from a micro-VM\n"));
+    let (rc, out, err) = c.run("codes", &[], &["sh", "-c", "echo out; echo err >&2; exit 42"]);
+    assert_eq!(rc, 42, "{err}");
+    assert_eq!(out, "out\n");
+    assert!(err.contains("err\n"), "{err}");
+    let (rc, out, _) = c.ctr_in(
+        &["run", "--rm", "--runtime", RUNTIME, IMAGE, "stdin", "cat"],
+        b"through stdin\n",
+        Duration::from_secs(180),
+    );
+    assert_eq!((rc, out.as_str()), (0, "through stdin\n"));
+    c.assert_clean();
+}
+
+#[test]
+fn ctr_env_cwd_and_readonly_rootfs() {
+    let c = Containerd::start("env");
+    let (rc, out, err) = c.run(
+        "env",
+        &["--env", "GREETING=hi", "--cwd", "/tmp", "--read-only"],
+        &["sh", "-c", "echo $GREETING; pwd; touch /x 2>/dev/null || echo read-only"],
+    );
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out, "hi\n/tmp\nread-only\n");
+    c.assert_clean();
+}
+
+#[test]
+fn ctr_exec_ps_pause_resume_metrics_and_kill() {
+    let c = Containerd::start("exec");
+    let (rc, _, err) = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "svc", "sleep", "1000"]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, out, err) = c.ctr(&["task", "exec", "--exec-id", "e1", "svc", "sh", "-c", "echo in-exec; exit 5"]);
+    assert_eq!((rc, out.as_str()), (5, "in-exec\n"), "{err}");
+    let (rc, out, _) = c.ctr(&["task", "ps", "svc"]);
+    assert_eq!(rc, 0);
+    assert!(out.lines().count() >= 2, "{out}");
+    assert_eq!(c.ctr(&["task", "pause", "svc"]).0, 0);
+    assert!(c.ctr(&["task", "ls"]).1.contains("PAUSED"));
+    assert_eq!(c.ctr(&["task", "resume", "svc"]).0, 0);
+    assert!(c.ctr(&["task", "ls"]).1.contains("RUNNING"));
+    let (rc, out, _) = c.ctr(&["task", "metrics", "svc"]);
+    assert_eq!(rc, 0);
+    assert!(out.contains("pids.current"), "{out}");
+    assert_eq!(c.ctr(&["task", "kill", "-s", "SIGKILL", "svc"]).0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.ctr(&["task", "ls"]).1.contains("STOPPED") {
+        assert!(Instant::now() < deadline, "task did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.ctr(&["task", "rm", "svc"]).0, 0);
+    assert_eq!(c.ctr(&["container", "rm", "svc"]).0, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    c.assert_clean();
+}
+
+#[test]
+fn ctr_many_containers_in_sequence_leave_nothing() {
+    let c = Containerd::start("seq");
+    for i in 0..5 {
+        let (rc, out, _) = c.run(&format!("seq{i}"), &[], &["echo", &format!("run {i}")]);
+        assert_eq!((rc, out), (0, format!("run {i}\n")));
+    }
+    c.assert_clean();
+}
+
+#[test]
+fn ctr_killed_pod_gives_an_exit_and_a_clean_state() {
+    let c = Containerd::start("kill");
+    let (rc, _, err) = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "victim", "sleep", "1000"]);
+    assert_eq!(rc, 0, "{err}");
+    // The task pid is the pod's VMM (or local agent): kill it.
+    let (_, out, _) = c.ctr(&["task", "ls"]);
+    let pid: i32 = out
+        .lines()
+        .find(|l| l.starts_with("victim"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out}"));
+    // SAFETY: kill(2) on a pid we just read; no memory is involved.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.ctr(&["task", "ls"]).1.contains("STOPPED") {
+        assert!(Instant::now() < deadline, "no exit after the pod was killed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.ctr(&["task", "rm", "victim"]).0, 0);
+    assert_eq!(c.ctr(&["container", "rm", "victim"]).0, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    c.assert_clean();
+}
