@@ -13,6 +13,8 @@ packages=(
   cpio xz-utils python3 # initrd packing, kernel source unpacking
   util-linux           # flock, script
   libseccomp-dev       # seccomp in the agent (static libseccomp.a)
+  containerd runc      # the shim's end-to-end tests and make demo (ctr run --runtime io.containerd.cocoon.v2)
+  libcap-ng-dev        # virtiofsd (cargo install virtiofsd)
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -38,6 +40,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "[deps] installing: ${missing[*]}"
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/tmp/cocoon-deps-apt.log 2>&1 \
     || { tail -20 /tmp/cocoon-deps-apt.log >&2; echo "[deps] error: apt-get install failed (log: /tmp/cocoon-deps-apt.log)" >&2; exit 1; }
+fi
+
+# virtiofsd (the pod share's vhost-user-fs backend).
+if ! command -v virtiofsd >/dev/null 2>&1; then
+  echo "[deps] cargo install virtiofsd (a few minutes)"
+  cargo install --quiet --locked virtiofsd >/tmp/cocoon-deps-virtiofsd.log 2>&1 \
+    || { tail -20 /tmp/cocoon-deps-virtiofsd.log >&2; echo "[deps] error: cargo install virtiofsd failed" >&2; exit 1; }
 fi
 
 # Rust components used by make test.

@@ -24,6 +24,7 @@ export COCOON_VMM=$PWD/target/debug/cocoon-vmm
 export COCOON_KERNEL=$(readlink -f build/vmlinux)
 export COCOON_INITRD=$PWD/build/initrd.cpio
 export COCOON_DEVTEST_INITRD=$PWD/build/devtest-initrd.cpio
+export COCOON_AGENT_INITRD=$PWD/build/agent-initrd.cpio
 
 # One script runs every binary and fails if any failed.
 script=$PWD/build/e2e-run.sh

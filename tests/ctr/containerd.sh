@@ -41,7 +41,7 @@ stop)
     kill -9 "$pid" 2>/dev/null || true
   fi
   # Snapshot mounts containerd may leave when killed.
-  grep -o " $dir/[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $dir/[^ ]*" /proc/self/mountinfo || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$dir"
   ;;
 *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
