@@ -41,8 +41,7 @@ async fn start_with(vmm_body: &str, timeout: u64) -> (tempfile::TempDir, String,
     let err = b
         .start()
         .await
-        .err()
-        .expect("start must fail without an agent");
+        .expect_err("start must fail without an agent");
     b.stop().await.unwrap();
     let msg = cocoon_shim::task::rpc_error::chain(&err);
     (dir, msg, pod)
