@@ -28,6 +28,8 @@ pub fn cleanup_after_killed_shim(cfg: &Config, bundle: &Path, id: &str) {
     kill_from_pid_file(&pod.pid_file("vmm"), "cocoon-vmm");
     kill_from_pid_file(&pod.pid_file("virtiofsd"), "virtiofsd");
     kill_from_pid_file(&pod.pid_file("agent"), "cocoon-agent");
+    // Local backend: its containers' processes outlive the agent.
+    crate::sandbox::local::remove_cgroups(&format!("cocoon-{pod_id}"));
     let _ = umount2(&pod.shared(), MntFlags::MNT_DETACH);
     remove_pod_dir(&pod);
 }

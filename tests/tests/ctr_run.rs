@@ -335,3 +335,46 @@ fn ctr_killed_pod_gives_an_exit_and_a_clean_state() {
     std::thread::sleep(Duration::from_millis(500));
     c.assert_clean();
 }
+
+#[test]
+fn ctr_killed_shim_is_cleaned_up_by_the_delete_command() {
+    skip_if_unsupported!();
+    let c = Containerd::start("shimkill");
+    let (rc, _, err) = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "orphan",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let pg = Command::new("pgrep")
+        .args([
+            "-f",
+            "containerd-shim-cocoon-v2 -namespace cocoon -id orphan",
+        ])
+        .output()
+        .unwrap();
+    let shim: i32 = String::from_utf8_lossy(&pg.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("shim pid");
+    // SAFETY: kill(2) on the pid pgrep gave us; no memory is involved.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    // containerd notices and runs `containerd-shim-cocoon-v2 delete`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&c.run_dir)
+        .map(|rd| rd.count() > 0)
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "delete did not clean the pod");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = c.ctr(&["task", "rm", "orphan"]);
+    assert_eq!(c.ctr(&["container", "rm", "orphan"]).0, 0);
+    c.assert_clean();
+}

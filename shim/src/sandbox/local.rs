@@ -110,7 +110,7 @@ impl Backend for LocalBackend {
 
 /// Removes the agent's cgroup parent (and anything left below it) in
 /// every hierarchy: v2 alone, or each v1 controller.
-fn remove_cgroups(name: &str) {
+pub fn remove_cgroups(name: &str) {
     fn rm(p: &std::path::Path) {
         if let Ok(rd) = std::fs::read_dir(p) {
             for e in rd.flatten() {
