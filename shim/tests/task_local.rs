@@ -420,3 +420,38 @@ async fn cri_annotations_put_containers_in_one_pod() {
     h.shutdown().await;
     h.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_oom_kill_publishes_an_oom_event() {
+    let h = Harness::start().await;
+    let (status, _, _) = within(h.run(
+        "oom",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        |s| {
+            let mem = oci_spec::runtime::LinuxMemoryBuilder::default()
+                .limit(16i64 << 20)
+                .swap(16i64 << 20)
+                .build()
+                .unwrap();
+            let res = oci_spec::runtime::LinuxResourcesBuilder::default()
+                .memory(mem)
+                .build()
+                .unwrap();
+            s.linux_mut().as_mut().unwrap().set_resources(Some(res));
+        },
+    ))
+    .await;
+    assert_eq!(status, 137);
+    // The OOM loop publishes asynchronously.
+    let deadline = std::time::Instant::now() + T;
+    while !h.events.topics().iter().any(|t| t == "/tasks/oom") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no /tasks/oom in {:?}",
+            h.events.topics()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.shutdown().await;
+    h.assert_clean();
+}

@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
 pub const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "tty", "stty", "touch", "true", "false", "env", "pwd", "ls",
+    "sh", "echo", "cat", "sleep", "tty", "stty", "touch", "true", "false", "env", "pwd", "ls", "dd",
 ];
 
 pub fn ctx() -> ttrpc::context::Context {
