@@ -697,3 +697,46 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_path_from_runtime_options() {
+        // runtimeoptions.v1.Options{type_url: "x", config_path: "/etc/c.toml"}
+        let mut value = vec![0x0a, 1, b'x', 0x12, 11];
+        value.extend_from_slice(b"/etc/c.toml");
+        let any = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value,
+            ..Default::default()
+        };
+        assert_eq!(
+            runtime_config_path(&any),
+            Some(PathBuf::from("/etc/c.toml"))
+        );
+        let other = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            ..Default::default()
+        };
+        assert_eq!(runtime_config_path(&other), None);
+    }
+
+    #[test]
+    fn cri_annotations_choose_the_pod() {
+        let mut spec = Spec::default();
+        assert_eq!(pod_id_for("c1", &spec), "c1");
+        let mut a = HashMap::new();
+        a.insert(
+            ANNOTATION_CONTAINER_TYPE.to_string(),
+            "container".to_string(),
+        );
+        a.insert(ANNOTATION_SANDBOX_ID.to_string(), "sbx".to_string());
+        spec.set_annotations(Some(a.clone()));
+        assert_eq!(pod_id_for("c1", &spec), "sbx");
+        a.insert(ANNOTATION_CONTAINER_TYPE.to_string(), "sandbox".to_string());
+        spec.set_annotations(Some(a));
+        assert_eq!(pod_id_for("sbx", &spec), "sbx");
+    }
+}
