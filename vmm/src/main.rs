@@ -8,7 +8,7 @@ use clap::Parser;
 use cocoon_vmm::exit::{
     EXIT_GUEST_PANIC, EXIT_KVM_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TRIPLE_FAULT,
 };
-use cocoon_vmm::{BootSource, ExitReason, KernelBoot, SerialOutput, VmConfig, Vmm};
+use cocoon_vmm::{BootSource, ExitReason, KernelBoot, SerialOutput, VmConfig, Vmm, VsockConfig};
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -46,6 +46,11 @@ struct Args {
     /// Boot even when /dev/kvm is PVM or otherwise software-backed (very slow).
     #[arg(long, env = "COCOON_ALLOW_PVM", value_parser = clap::builder::FalseyValueParser::new())]
     allow_slow_kvm: bool,
+    /// virtio-vsock with a hybrid Unix-socket backend: host connections
+    /// send `CONNECT <port>` on PATH; guest connections to CID 2 port P go
+    /// to PATH_P.
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
+    vsock: Option<VsockConfig>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     log_level: String,
@@ -59,6 +64,32 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
             Some(path) if !path.is_empty() => Ok(SerialOutput::File(PathBuf::from(path))),
             _ => Err(format!("{s:?} is not stdout, none or file:PATH")),
         },
+    }
+}
+
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", v)) => {
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| format!("vsock cid {v:?} is not a number"))?;
+                if !(3..=u64::from(u32::MAX)).contains(&n) {
+                    return Err(format!(
+                        "vsock cid {n} is reserved or too large; use 3 or more"
+                    ));
+                }
+                cid = Some(n);
+            }
+            Some(("uds", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
+            _ => return Err(format!("{part:?} is not cid=N or uds=PATH")),
+        }
+    }
+    match (cid, uds) {
+        (Some(cid), Some(uds_path)) => Ok(VsockConfig { cid, uds_path }),
+        (None, _) => Err("--vsock needs cid=N (3 or more)".into()),
+        (_, None) => Err("--vsock needs uds=PATH".into()),
     }
 }
 
@@ -127,6 +158,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         serial_input: true,
         irqchip: true,
         allow_slow_kvm: args.allow_slow_kvm,
+        vsock: args.vsock,
     };
     let vmm = Vmm::new(config).context("cannot set up the VM")?;
     tracing::info!(
@@ -188,6 +220,23 @@ mod tests {
         }
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn vsock_argument() {
+        let v = parse_vsock("cid=3,uds=/run/v.sock").unwrap();
+        assert_eq!(v.cid, 3);
+        assert_eq!(v.uds_path, PathBuf::from("/run/v.sock"));
+        assert_eq!(parse_vsock("uds=/x,cid=42").unwrap().cid, 42);
+        assert!(parse_vsock("cid=2,uds=/x")
+            .unwrap_err()
+            .contains("reserved"));
+        assert!(parse_vsock("cid=x,uds=/x")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_vsock("cid=3").unwrap_err().contains("uds=PATH"));
+        assert!(parse_vsock("uds=/x").unwrap_err().contains("cid=N"));
+        assert!(parse_vsock("cid=3,uds=/x,port=1").is_err());
     }
 
     #[test]

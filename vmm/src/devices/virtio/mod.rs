@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod mmio;
+pub mod vsock;
 
 pub use device::{ActivateError, VirtioDevice, VirtioInterrupt};
 pub use mmio::MmioTransport;
