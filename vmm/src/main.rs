@@ -11,7 +11,9 @@ use cocoon_vmm::devices::virtio::rng::Rng;
 use cocoon_vmm::exit::{
     EXIT_GUEST_PANIC, EXIT_KVM_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TRIPLE_FAULT,
 };
-use cocoon_vmm::{BootSource, ExitReason, KernelBoot, SerialOutput, VmConfig, VmmBuilder};
+use cocoon_vmm::{
+    BootSource, ExitReason, KernelBoot, SerialOutput, VmConfig, VmmBuilder, VsockConfig,
+};
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -60,6 +62,11 @@ struct Args {
     /// Repeatable (eth0, eth1... in this order).
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetConfig>,
+    /// virtio-vsock with a hybrid Unix-socket backend: host connections
+    /// send `CONNECT <port>` on PATH; guest connections to CID 2 port P go
+    /// to PATH_P.
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
+    vsock: Option<VsockConfig>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     log_level: String,
@@ -84,6 +91,32 @@ fn parse_block(s: &str) -> Result<BlockConfig, String> {
 fn parse_net(s: &str) -> Result<NetConfig, String> {
     s.parse()
         .map_err(|e: cocoon_vmm::devices::virtio::net::NetConfigError| e.to_string())
+}
+
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", v)) => {
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| format!("vsock cid {v:?} is not a number"))?;
+                if !(3..=u64::from(u32::MAX)).contains(&n) {
+                    return Err(format!(
+                        "vsock cid {n} is reserved or too large; use 3 or more"
+                    ));
+                }
+                cid = Some(n);
+            }
+            Some(("uds", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
+            _ => return Err(format!("{part:?} is not cid=N or uds=PATH")),
+        }
+    }
+    match (cid, uds) {
+        (Some(cid), Some(uds_path)) => Ok(VsockConfig { cid, uds_path }),
+        (None, _) => Err("--vsock needs cid=N (3 or more)".into()),
+        (_, None) => Err("--vsock needs uds=PATH".into()),
+    }
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
@@ -151,6 +184,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         serial_input: true,
         irqchip: true,
         allow_slow_kvm: args.allow_slow_kvm,
+        vsock: args.vsock,
     };
     let mut builder = VmmBuilder::new(config).context("cannot set up the VM")?;
     for spec in &args.block {
@@ -224,6 +258,23 @@ mod tests {
         }
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn vsock_argument() {
+        let v = parse_vsock("cid=3,uds=/run/v.sock").unwrap();
+        assert_eq!(v.cid, 3);
+        assert_eq!(v.uds_path, PathBuf::from("/run/v.sock"));
+        assert_eq!(parse_vsock("uds=/x,cid=42").unwrap().cid, 42);
+        assert!(parse_vsock("cid=2,uds=/x")
+            .unwrap_err()
+            .contains("reserved"));
+        assert!(parse_vsock("cid=x,uds=/x")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_vsock("cid=3").unwrap_err().contains("uds=PATH"));
+        assert!(parse_vsock("uds=/x").unwrap_err().contains("cid=N"));
+        assert!(parse_vsock("cid=3,uds=/x,port=1").is_err());
     }
 
     #[test]

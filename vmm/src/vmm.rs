@@ -54,6 +54,12 @@ pub enum VmmError {
     /// A device range conflict.
     #[error("cannot register device")]
     Bus(#[from] BusError),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::virtio::vsock::MuxerError),
+    /// The vsock device was refused.
+    #[error(transparent)]
+    VsockDevice(#[from] crate::devices::virtio::vsock::VsockError),
     /// All virtio-mmio slots are used.
     #[error("no free virtio-mmio slot (at most {VIRTIO_MMIO_MAX_SLOTS} devices)")]
     NoVirtioSlot,
@@ -142,7 +148,7 @@ impl VmmBuilder {
         pio.insert(i8042.clone(), u64::from(I8042_DATA_PORT), 1)?;
         pio.insert(i8042, u64::from(I8042_COMMAND_PORT), 1)?;
 
-        Ok(VmmBuilder {
+        let mut builder = VmmBuilder {
             config,
             vm,
             ram,
@@ -151,7 +157,23 @@ impl VmmBuilder {
             mmio: Bus::new(),
             serial,
             virtio: Vec::new(),
-        })
+        };
+        if let Some(v) = builder.config.vsock.clone() {
+            builder.add_vsock(&v)?;
+        }
+        Ok(builder)
+    }
+
+    /// Attach a virtio-vsock device with a Unix-socket backend listening
+    /// on `config.uds_path` (removed again when the device is dropped).
+    pub fn add_vsock(
+        &mut self,
+        config: &crate::config::VsockConfig,
+    ) -> Result<MmioDeclaration, VmmError> {
+        use crate::devices::virtio::vsock::{Vsock, VsockMuxer};
+        let muxer = VsockMuxer::new(config.cid, &config.uds_path)?;
+        let device = Vsock::new(config.cid, muxer)?;
+        self.add_virtio_device(Box::new(device))
     }
 
     /// Guest memory (for devices that need it at creation).

@@ -12,6 +12,7 @@ mod params;
 mod rng;
 mod sys;
 mod vsock;
+mod vsock_bench;
 
 use std::io::Write;
 

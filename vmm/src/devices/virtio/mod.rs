@@ -7,6 +7,7 @@ pub mod mmio;
 pub mod net;
 pub mod rng;
 pub mod test_chains;
+pub mod vsock;
 
 pub use device::{ActivateError, VirtioDevice, VirtioInterrupt};
 pub use mmio::MmioTransport;
