@@ -157,6 +157,8 @@ pub struct VmConfig {
     pub irqchip: bool,
     /// Boot a Linux kernel even on PVM / software KVM (very slow).
     pub allow_slow_kvm: bool,
+    /// virtio-fs devices (each connects to a running virtiofsd).
+    pub fs: Vec<crate::devices::virtio::fs::FsConfig>,
 }
 
 impl VmConfig {
@@ -189,6 +191,7 @@ impl VmConfig {
             serial_input: false,
             irqchip: true,
             allow_slow_kvm: false,
+            fs: Vec::new(),
         }
     }
 

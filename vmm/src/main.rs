@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use cocoon_vmm::devices::virtio::fs::FsConfig;
 use cocoon_vmm::exit::{
     EXIT_GUEST_PANIC, EXIT_KVM_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TRIPLE_FAULT,
 };
@@ -46,6 +47,10 @@ struct Args {
     /// Boot even when /dev/kvm is PVM or otherwise software-backed (very slow).
     #[arg(long, env = "COCOON_ALLOW_PVM", value_parser = clap::builder::FalseyValueParser::new())]
     allow_slow_kvm: bool,
+    /// A virtio-fs device served by a virtiofsd already listening on the
+    /// vhost-user socket (repeatable). virtiofsd 1.14 serves one request queue.
+    #[arg(long = "fs", value_name = "tag=TAG,socket=PATH[,queues=N][,queue_size=N]", value_parser = parse_fs)]
+    fs: Vec<FsConfig>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     log_level: String,
@@ -60,6 +65,10 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
             _ => Err(format!("{s:?} is not stdout, none or file:PATH")),
         },
     }
+}
+
+fn parse_fs(s: &str) -> Result<FsConfig, String> {
+    cocoon_vmm::devices::virtio::fs::parse_fs_options(s).map_err(|e| e.to_string())
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
@@ -127,6 +136,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         serial_input: true,
         irqchip: true,
         allow_slow_kvm: args.allow_slow_kvm,
+        fs: args.fs,
     };
     let vmm = Vmm::new(config).context("cannot set up the VM")?;
     tracing::info!(
@@ -212,6 +222,26 @@ mod tests {
         std::env::remove_var("COCOON_ALLOW_PVM");
         assert!(on.allow_slow_kvm);
         assert!(!off.allow_slow_kvm);
+    }
+
+    #[test]
+    fn fs_devices_parse() {
+        let args = Args::try_parse_from([
+            "cocoon-vmm",
+            "--kernel",
+            "/k",
+            "--fs",
+            "tag=a,socket=/a.sock",
+            "--fs",
+            "tag=b,socket=/b.sock,queue_size=256",
+        ])
+        .unwrap();
+        assert_eq!(args.fs.len(), 2);
+        assert_eq!(args.fs[1].queue_size, 256);
+        let err = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", "--fs", "tag=a"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("socket=<path> is missing"), "{err}");
     }
 
     #[test]
