@@ -162,6 +162,8 @@ pub struct VmConfig {
     pub allow_slow_kvm: bool,
     /// A virtio-vsock device with a hybrid Unix-socket backend.
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices (each connects to a running virtiofsd).
+    pub fs: Vec<crate::devices::virtio::fs::FsConfig>,
 }
 
 /// A vsock device: the guest's CID and the host's Unix socket.
@@ -205,6 +207,7 @@ impl VmConfig {
             irqchip: true,
             allow_slow_kvm: false,
             vsock: None,
+            fs: Vec::new(),
         }
     }
 

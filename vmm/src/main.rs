@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Parser;
 use cocoon_vmm::devices::virtio::block::{Block, BlockConfig};
+use cocoon_vmm::devices::virtio::fs::FsConfig;
 use cocoon_vmm::devices::virtio::net::{Net, NetConfig};
 use cocoon_vmm::devices::virtio::rng::Rng;
 use cocoon_vmm::exit::{
@@ -67,6 +68,10 @@ struct Args {
     /// to PATH_P.
     #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
     vsock: Option<VsockConfig>,
+    /// A virtio-fs device served by a virtiofsd already listening on the
+    /// vhost-user socket (repeatable). virtiofsd 1.14 serves one request queue.
+    #[arg(long = "fs", value_name = "tag=TAG,socket=PATH[,queues=N][,queue_size=N]", value_parser = parse_fs)]
+    fs: Vec<FsConfig>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     log_level: String,
@@ -117,6 +122,10 @@ fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
         (None, _) => Err("--vsock needs cid=N (3 or more)".into()),
         (_, None) => Err("--vsock needs uds=PATH".into()),
     }
+}
+
+fn parse_fs(s: &str) -> Result<FsConfig, String> {
+    cocoon_vmm::devices::virtio::fs::parse_fs_options(s).map_err(|e| e.to_string())
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
@@ -185,6 +194,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         irqchip: true,
         allow_slow_kvm: args.allow_slow_kvm,
         vsock: args.vsock,
+        fs: args.fs,
     };
     let mut builder = VmmBuilder::new(config).context("cannot set up the VM")?;
     for spec in &args.block {
@@ -299,6 +309,26 @@ mod tests {
         std::env::remove_var("COCOON_ALLOW_PVM");
         assert!(on.allow_slow_kvm);
         assert!(!off.allow_slow_kvm);
+    }
+
+    #[test]
+    fn fs_devices_parse() {
+        let args = Args::try_parse_from([
+            "cocoon-vmm",
+            "--kernel",
+            "/k",
+            "--fs",
+            "tag=a,socket=/a.sock",
+            "--fs",
+            "tag=b,socket=/b.sock,queue_size=256",
+        ])
+        .unwrap();
+        assert_eq!(args.fs.len(), 2);
+        assert_eq!(args.fs[1].queue_size, 256);
+        let err = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", "--fs", "tag=a"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("socket=<path> is missing"), "{err}");
     }
 
     #[test]

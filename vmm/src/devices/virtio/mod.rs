@@ -3,6 +3,7 @@
 pub mod block;
 pub mod checked_chain;
 pub mod device;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
