@@ -14,12 +14,13 @@ DEVTEST_BIN := target/$(STATIC_TRIPLE)/release/cocoon-devtest-init
 VMM_DEBUG   := target/debug/cocoon-vmm
 VMM_RELEASE := target/release/cocoon-vmm
 
-.PHONY: help deps build build-release kernel initrd lint unit e2e test demo bench clean
+.PHONY: help deps build build-release kernel initrd lint unit e2e test demo bench fuzz-smoke clean
 
 help:
 	@echo "make demo    install what is missing, build, boot the guest in a cocoon micro-VM"
 	@echo "make test    install what is missing, run every test (lint, unit, KVM, end-to-end)"
 	@echo "make bench   boot-time and memory table: cocoon-vmm vs QEMU microvm"
+	@echo "make fuzz-smoke  run each fuzz target briefly (FUZZ_SECONDS=30; stable, no sanitizer)"
 	@echo "make deps | build | kernel | initrd | lint | unit | e2e | clean"
 
 deps:
@@ -64,6 +65,9 @@ demo: deps kernel initrd build-release
 
 bench: deps kernel initrd build-release
 	@tests/bench/run.sh
+
+fuzz-smoke:
+	@scripts/fuzz-smoke.sh
 
 clean:
 	$(CARGO) clean
