@@ -64,7 +64,7 @@ fn exercise(p: &Params) -> Result<String, String> {
     Ok(detail.join(", "))
 }
 
-fn umount(target: &str) -> std::io::Result<()> {
+pub fn umount(target: &str) -> std::io::Result<()> {
     let t =
         CString::new(target).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: `t` is a valid NUL-terminated string that outlives the call.

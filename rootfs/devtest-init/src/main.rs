@@ -7,6 +7,7 @@
 mod blk;
 mod checks;
 mod fs;
+mod fs_bench;
 mod net;
 mod params;
 mod rng;
