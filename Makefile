@@ -11,6 +11,7 @@ STATIC_TRIPLE := x86_64-unknown-linux-gnu
 STATIC_ENV  := RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 INIT_BIN    := target/$(STATIC_TRIPLE)/release/cocoon-boot-init
 DEVTEST_BIN := target/$(STATIC_TRIPLE)/release/cocoon-devtest-init
+AGENT_BIN   := target/$(STATIC_TRIPLE)/release/cocoon-agent
 VMM_DEBUG   := target/debug/cocoon-vmm
 VMM_RELEASE := target/release/cocoon-vmm
 
@@ -36,12 +37,14 @@ kernel: deps
 	@k=$$(guest-kernel/build.sh) && ln -sfn "$$k" $(BUILD)/vmlinux
 
 # The guest inits, linked statically, each packed as /init: the boot
-# banner init, and the test-mode init of the device end-to-end tests.
+# banner init, the test-mode init of the device end-to-end tests, and the
+# agent (the production guest).
 initrd:
 	@mkdir -p $(BUILD)
-	$(STATIC_ENV) $(CARGO) build --release --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init
+	$(STATIC_ENV) $(CARGO) build --release --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init -p cocoon-agent
 	rootfs/mkinitrd.py --init $(INIT_BIN) --out $(BUILD)/initrd.cpio
 	rootfs/mkinitrd.py --init $(DEVTEST_BIN) --out $(BUILD)/devtest-initrd.cpio
+	rootfs/mkinitrd.py --init $(AGENT_BIN) --out $(BUILD)/agent-initrd.cpio
 
 lint:
 	$(CARGO) fmt --all -- --check

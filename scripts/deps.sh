@@ -13,6 +13,7 @@ packages=(
   cpio xz-utils python3 # initrd packing, kernel source unpacking
   util-linux           # flock, script
   libseccomp-dev       # seccomp in the agent (static libseccomp.a)
+  runc                 # the baseline of the agent benchmark (make bench)
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

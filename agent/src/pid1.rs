@@ -83,8 +83,9 @@ const MOUNTS: &[Mount] = &[
     },
 ];
 
-/// Mounts the early filesystems, enables the cgroup controllers for child
-/// cgroups and brings up loopback.
+/// Mounts the early filesystems and brings up loopback. (The cgroup
+/// controllers are delegated by `cgroup_parent::setup` when the agent
+/// starts.)
 pub fn setup() -> Result<(), Pid1Error> {
     for m in MOUNTS {
         let _ = std::fs::create_dir_all(m.target);
@@ -103,12 +104,6 @@ pub fn setup() -> Result<(), Pid1Error> {
     }
     if !Path::new("/dev/ptmx").exists() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
-    }
-    if let Ok(avail) = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
-        let enable: Vec<String> = avail.split_whitespace().map(|c| format!("+{c}")).collect();
-        if let Err(e) = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.join(" ")) {
-            tracing::warn!(error = %e, "enabling cgroup controllers");
-        }
     }
     if std::env::var_os("PATH").is_none() {
         std::env::set_var(
