@@ -11,3 +11,5 @@ case "$kind" in
   *) echo "bench: host KVM is '$kind': running inside the nested test host (QEMU TCG); absolute times are TCG-slowed, compare the ratios"
      tests/testhost/run.sh --timeout 1800 -- python3 tests/bench/boot.py "${args[@]}" ;;
 esac
+# The agent's container-start bench needs no VM: directly on this host.
+tests/bench/agent.sh

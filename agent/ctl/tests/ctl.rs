@@ -25,12 +25,16 @@ fn main() {
     // libtest's flags (`--test-threads=2`, a filter) are accepted and ignored.
     let start = Instant::now();
     match ctl_drives_a_host_agent() {
-        Ok(()) => println!(
-            "test ctl_drives_a_host_agent ... ok ({:?})",
-            start.elapsed()
-        ),
+        Ok(()) => {
+            println!("test ctl_drives_a_host_agent ... ok");
+            println!(
+                "\ntest result: ok. 1 passed; 0 failed; finished in {:.2}s",
+                start.elapsed().as_secs_f64()
+            );
+        }
         Err(e) => {
             println!("test ctl_drives_a_host_agent ... FAILED\n{e:?}");
+            println!("\ntest result: FAILED. 0 passed; 1 failed");
             std::process::exit(1);
         }
     }
