@@ -16,7 +16,8 @@ if [ $# -eq 0 ] || [[ " $* " == *" agent "* ]]; then
 for line in sys.stdin:
     m = json.loads(line)
     t = m.get("target", {})
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("kind") == ["test"]:
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("kind") == ["test"] \
+       and t["name"] != "bench":
         print("agent-" + t["name"] + " " + m["executable"])')
   [ ${#agent_bins[@]} -gt 0 ] || { cargo test -p cocoon-agent -p cocoon-agent-ctl --no-run; echo "e2e: the agent tests did not build" >&2; exit 1; }
 fi

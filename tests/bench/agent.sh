@@ -22,4 +22,4 @@ for line in sys.stdin:
 [ -n "$exe" ] || { cargo test -p cocoon-agent --test bench --no-run; exit 1; }
 echo "bench: cocoon-agent vs runc $(runc --version | head -n1 | awk '{print $3}') on this host ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
 COCOON_TEST_AGENT_BIN=$PWD/$agent "$exe" --ignored --nocapture --test-threads=1 2>&1 \
-  | grep -vE '^(running 1 test|test result:|test container_start_latency_and_rss \.\.\. ok)$'
+  | grep -vE '^(running 1 test|test result: .*|test container_start_latency_and_rss \.\.\. ?|ok)$'
