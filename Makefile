@@ -11,6 +11,7 @@ STATIC_TRIPLE := x86_64-unknown-linux-gnu
 STATIC_ENV  := RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 INIT_BIN    := target/$(STATIC_TRIPLE)/release/cocoon-boot-init
 DEVTEST_BIN := target/$(STATIC_TRIPLE)/release/cocoon-devtest-init
+AGENT_BIN   := target/$(STATIC_TRIPLE)/release/cocoon-agent
 VMM_DEBUG   := target/debug/cocoon-vmm
 VMM_RELEASE := target/release/cocoon-vmm
 
@@ -37,12 +38,15 @@ kernel: deps
 	@k=$$(guest-kernel/build.sh) && ln -sfn "$$k" $(BUILD)/vmlinux
 
 # The guest inits, linked statically, each packed as /init: the boot
-# banner init, and the test-mode init of the device end-to-end tests.
+# banner init, the test-mode init of the device end-to-end tests, and the
+# agent (the production guest). The static cocoon-agent-ctl is for
+# tests/agent-pid1 (the agent as PID 1 under QEMU, no vsock needed).
 initrd:
 	@mkdir -p $(BUILD)
-	$(STATIC_ENV) $(CARGO) build --release --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init
+	$(STATIC_ENV) $(CARGO) build --release --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init -p cocoon-agent -p cocoon-agent-ctl
 	rootfs/mkinitrd.py --init $(INIT_BIN) --out $(BUILD)/initrd.cpio
 	rootfs/mkinitrd.py --init $(DEVTEST_BIN) --out $(BUILD)/devtest-initrd.cpio
+	rootfs/mkinitrd.py --init $(AGENT_BIN) --out $(BUILD)/agent-initrd.cpio
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -53,8 +57,10 @@ unit:
 	python3 -m unittest discover -s rootfs -p 'test_*.py'
 	$(CARGO) test --workspace
 
-# Real-VM tests: directly on VT-x/AMD-V, inside the nested test host on PVM.
+# Real-VM tests: directly on VT-x/AMD-V, inside the nested test host on PVM;
+# the agent-as-PID-1 probe under QEMU TCG on this host.
 e2e: kernel initrd build
+	@tests/agent-pid1/run.sh
 	@tests/run-e2e.sh
 
 test: deps lint unit e2e

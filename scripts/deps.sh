@@ -13,6 +13,7 @@ packages=(
   cpio xz-utils python3 # initrd packing, kernel source unpacking
   util-linux           # flock, script
   libcap-ng-dev libseccomp-dev  # seccomp in the agent (static libseccomp.a); virtiofsd's build
+  runc                 # the baseline of the agent benchmark (make bench)
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -17,3 +17,5 @@ case "$kind" in
      tests/testhost/run.sh --timeout 1800 -- python3 tests/bench/vsock.py "${vsock_args[@]}"
      tests/testhost/run.sh --timeout 1800 -- python3 tests/bench/fs.py "${fs_args[@]}" ;;
 esac
+# The agent's container-start bench needs no VM: directly on this host.
+tests/bench/agent.sh
