@@ -15,12 +15,13 @@ AGENT_BIN   := target/$(STATIC_TRIPLE)/release/cocoon-agent
 VMM_DEBUG   := target/debug/cocoon-vmm
 VMM_RELEASE := target/release/cocoon-vmm
 
-.PHONY: help deps build build-release kernel initrd lint unit e2e test demo bench clean
+.PHONY: help deps build build-release kernel initrd lint unit e2e test demo bench fuzz-smoke clean
 
 help:
 	@echo "make demo    install what is missing, build, boot the guest in a cocoon micro-VM"
 	@echo "make test    install what is missing, run every test (lint, unit, KVM, end-to-end)"
 	@echo "make bench   boot-time and memory table: cocoon-vmm vs QEMU microvm"
+	@echo "make fuzz-smoke  run each fuzz target briefly (FUZZ_SECONDS=30; stable, no sanitizer)"
 	@echo "make deps | build | kernel | initrd | lint | unit | e2e | clean"
 
 deps:
@@ -37,10 +38,12 @@ kernel: deps
 	@k=$$(guest-kernel/build.sh) && ln -sfn "$$k" $(BUILD)/vmlinux
 
 # The guest inits, linked statically, each packed as /init: the boot
-# banner init, and the test-mode init of the device end-to-end tests.
+# banner init, the test-mode init of the device end-to-end tests, and the
+# agent (the production guest). The static cocoon-agent-ctl is for
+# tests/agent-pid1 (the agent as PID 1 under QEMU, no vsock needed).
 initrd:
 	@mkdir -p $(BUILD)
-	$(STATIC_ENV) $(CARGO) build --release --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init -p cocoon-agent
+	$(STATIC_ENV) $(CARGO) build --release --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init -p cocoon-agent -p cocoon-agent-ctl
 	rootfs/mkinitrd.py --init $(INIT_BIN) --out $(BUILD)/initrd.cpio
 	rootfs/mkinitrd.py --init $(DEVTEST_BIN) --out $(BUILD)/devtest-initrd.cpio
 	rootfs/mkinitrd.py --init $(AGENT_BIN) --out $(BUILD)/agent-initrd.cpio
@@ -54,8 +57,10 @@ unit:
 	python3 -m unittest discover -s rootfs -p 'test_*.py'
 	$(CARGO) test --workspace
 
-# Real-VM tests: directly on VT-x/AMD-V, inside the nested test host on PVM.
+# Real-VM tests: directly on VT-x/AMD-V, inside the nested test host on PVM;
+# the agent-as-PID-1 probe under QEMU TCG on this host.
 e2e: kernel initrd build
+	@tests/agent-pid1/run.sh
 	@tests/run-e2e.sh
 
 test: deps lint unit e2e
@@ -66,6 +71,9 @@ demo: deps kernel initrd build-release
 
 bench: deps kernel initrd build-release
 	@tests/bench/run.sh
+
+fuzz-smoke:
+	@scripts/fuzz-smoke.sh
 
 clean:
 	$(CARGO) clean

@@ -12,9 +12,8 @@ packages=(
   flex bison bc libelf-dev libssl-dev make gcc   # guest kernel build
   cpio xz-utils python3 # initrd packing, kernel source unpacking
   util-linux           # flock, script
-  libseccomp-dev       # seccomp in the agent (static libseccomp.a)
-  containerd runc      # the shim's end-to-end tests and make demo (ctr run --runtime io.containerd.cocoon.v2)
-  libcap-ng-dev        # virtiofsd (cargo install virtiofsd)
+  libcap-ng-dev libseccomp-dev  # seccomp in the agent (static libseccomp.a); virtiofsd's build
+  containerd runc      # the shim's end-to-end tests and make demo; runc is the agent bench's baseline
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -42,15 +41,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     || { tail -20 /tmp/cocoon-deps-apt.log >&2; echo "[deps] error: apt-get install failed (log: /tmp/cocoon-deps-apt.log)" >&2; exit 1; }
 fi
 
-# virtiofsd (the pod share's vhost-user-fs backend).
-if ! command -v virtiofsd >/dev/null 2>&1; then
-  echo "[deps] cargo install virtiofsd (a few minutes)"
-  cargo install --quiet --locked virtiofsd >/tmp/cocoon-deps-virtiofsd.log 2>&1 \
-    || { tail -20 /tmp/cocoon-deps-virtiofsd.log >&2; echo "[deps] error: cargo install virtiofsd failed" >&2; exit 1; }
-fi
-
 # Rust components used by make test.
 for comp in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$comp" || { echo "[deps] rustup component add $comp"; rustup component add "$comp" >/dev/null 2>&1; }
 done
+# virtiofsd, the vhost-user-fs backend (into ~/.cargo/bin; a few minutes on 2 cores).
+virtiofsd_version=1.14.0
+virtiofsd_bin() { command -v virtiofsd 2>/dev/null || { [ -x "$HOME/.cargo/bin/virtiofsd" ] && echo "$HOME/.cargo/bin/virtiofsd"; }; }
+if ! { v=$(virtiofsd_bin) && "$v" --version 2>/dev/null | grep -q "^virtiofsd $virtiofsd_version\$"; }; then
+  echo "[deps] cargo install virtiofsd --version $virtiofsd_version --locked (takes a few minutes)"
+  cargo install virtiofsd --version "$virtiofsd_version" --locked --quiet >/tmp/cocoon-deps-virtiofsd.log 2>&1 \
+    || { tail -20 /tmp/cocoon-deps-virtiofsd.log >&2; echo "[deps] error: cargo install virtiofsd failed (log: /tmp/cocoon-deps-virtiofsd.log)" >&2; exit 1; }
+  echo "[deps] installed $("$HOME/.cargo/bin/virtiofsd" --version) at $HOME/.cargo/bin/virtiofsd"
+fi
 exit 0

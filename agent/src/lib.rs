@@ -4,6 +4,7 @@
 //! exits, OOM kills and statistics. It also runs on the host over Unix
 //! sockets, which is how its tests drive it.
 
+pub mod cgroup_parent;
 pub mod cgroup_stats;
 pub mod config;
 pub mod console;
@@ -13,6 +14,7 @@ pub mod container_remove;
 pub mod container_resources;
 pub mod container_signal;
 pub mod container_start;
+pub mod entry;
 pub mod error_code;
 pub mod helper;
 pub mod listen;

@@ -1,5 +1,8 @@
-//! What the agent does as the guest's PID 1: the early mounts, loopback,
-//! and restarting the VM at the end.
+//! What the agent does as the guest's PID 1: moving its root off the
+//! initramfs, the early mounts, loopback, and restarting the VM at the end.
+//! (The cgroup controllers: `cgroup_parent`; orphans: `reaper`, which
+//! reaps every child as PID 1; the console: stderr is the kernel's
+//! /dev/console, which the initrd provides.)
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -17,6 +20,8 @@ pub enum Pid1Error {
     },
     #[error("bringing up lo")]
     Loopback(#[source] std::io::Error),
+    #[error("moving the root off the initramfs: {0}")]
+    MoveRoot(&'static str, #[source] nix::Error),
 }
 
 /// True when this process is the guest's init.
@@ -24,14 +29,15 @@ pub fn is_init() -> bool {
     std::process::id() == 1
 }
 
-struct Mount {
-    fstype: &'static str,
-    target: &'static str,
-    flags: MsFlags,
-    data: Option<&'static str>,
+pub struct Mount {
+    pub fstype: &'static str,
+    pub target: &'static str,
+    pub flags: MsFlags,
+    pub data: Option<&'static str>,
 }
 
-const MOUNTS: &[Mount] = &[
+/// The early mounts, in order (a target's parent mount comes first).
+pub const MOUNTS: &[Mount] = &[
     Mount {
         fstype: "proc",
         target: "/proc",
@@ -83,9 +89,14 @@ const MOUNTS: &[Mount] = &[
     },
 ];
 
-/// Mounts the early filesystems, enables the cgroup controllers for child
-/// cgroups and brings up loopback.
+/// Mounts the early filesystems and brings up loopback. (The cgroup
+/// controllers are delegated by `cgroup_parent::setup` when the agent
+/// starts.)
 pub fn setup() -> Result<(), Pid1Error> {
+    if let Err(e) = move_root_off_rootfs() {
+        // Containers will fail in pivot_root, but the agent still answers.
+        tracing::error!(error = %crate::error_code::chain(&e), "root not movable");
+    }
     for m in MOUNTS {
         let _ = std::fs::create_dir_all(m.target);
         match mount(Some(m.fstype), m.target, Some(m.fstype), m.flags, m.data) {
@@ -104,12 +115,6 @@ pub fn setup() -> Result<(), Pid1Error> {
     if !Path::new("/dev/ptmx").exists() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
-    if let Ok(avail) = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
-        let enable: Vec<String> = avail.split_whitespace().map(|c| format!("+{c}")).collect();
-        if let Err(e) = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.join(" ")) {
-            tracing::warn!(error = %e, "enabling cgroup controllers");
-        }
-    }
     if std::env::var_os("PATH").is_none() {
         std::env::set_var(
             "PATH",
@@ -117,6 +122,33 @@ pub fn setup() -> Result<(), Pid1Error> {
         );
     }
     loopback_up().map_err(Pid1Error::Loopback)?;
+    Ok(())
+}
+
+/// Where the root is bound before it is moved over `/`.
+const ROOT_BIND: &str = "/.cocoon-root";
+
+/// pivot_root(2) refuses a caller whose root is the initramfs (rootfs has
+/// no parent mount), and libcontainer pivots into every container. So, as
+/// switch_root does: bind the root to a directory, move that mount over
+/// `/` and chroot into it; the root is then a mount with a parent.
+fn move_root_off_rootfs() -> Result<(), Pid1Error> {
+    let err = |what| move |e| Pid1Error::MoveRoot(what, e);
+    let _ = std::fs::create_dir(ROOT_BIND);
+    mount(
+        Some("/"),
+        ROOT_BIND,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err("bind"))?;
+    nix::unistd::chdir(ROOT_BIND).map_err(err("chdir"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(err("move"))?;
+    nix::unistd::chroot(".").map_err(err("chroot"))?;
+    nix::unistd::chdir("/").map_err(err("chdir /"))?;
+    // The same directory, seen from the new root: no longer a mount point.
+    let _ = std::fs::remove_dir(ROOT_BIND);
     Ok(())
 }
 
@@ -154,5 +186,56 @@ pub fn power_off() -> ! {
     // reboot(2) only returns on failure; PID 1 must not exit.
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_plan_covers_the_guest_and_mounts_parents_first() {
+        let targets: Vec<&str> = MOUNTS.iter().map(|m| m.target).collect();
+        for (fstype, target) in [
+            ("proc", "/proc"),
+            ("sysfs", "/sys"),
+            ("devtmpfs", "/dev"),
+            ("devpts", "/dev/pts"),
+            ("cgroup2", "/sys/fs/cgroup"),
+        ] {
+            assert!(
+                MOUNTS
+                    .iter()
+                    .any(|m| m.fstype == fstype && m.target == target),
+                "{fstype} at {target} missing"
+            );
+        }
+        for (i, m) in MOUNTS.iter().enumerate() {
+            // Every earlier mount that is a parent of this target comes
+            // first; no later mount hides this one.
+            for later in &targets[i + 1..] {
+                assert!(
+                    !m.target.starts_with(&format!("{later}/")),
+                    "{} is mounted before its parent {later}",
+                    m.target
+                );
+            }
+            assert_eq!(
+                targets.iter().filter(|t| **t == m.target).count(),
+                1,
+                "{} twice",
+                m.target
+            );
+        }
+        // Nothing executable or device-bearing where it need not be.
+        for m in MOUNTS {
+            assert!(
+                m.flags.contains(MsFlags::MS_NOSUID),
+                "{} allows suid",
+                m.target
+            );
+        }
+        let cg = MOUNTS.iter().find(|m| m.fstype == "cgroup2").unwrap();
+        assert_eq!(cg.data, Some("nsdelegate"));
     }
 }

@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cgroup_parent::{self, CgroupParentError};
 use crate::config::AgentConfig;
 use crate::container::AgentState;
 use crate::listen::{AnyListener, ListenError};
@@ -23,9 +26,13 @@ pub enum RunError {
     Oom(#[from] OomError),
     #[error("ttrpc server")]
     Ttrpc(#[from] ttrpc::Error),
+    #[error("cgroup parent")]
+    CgroupParent(#[from] CgroupParentError),
 }
 
-/// Serves until the process is killed (or, as PID 1, the VM restarts).
+/// Serves until the process is killed (or, as PID 1, the VM restarts). On
+/// a host, SIGTERM or SIGINT removes every container and the cgroup parent,
+/// then returns.
 pub async fn run(config: AgentConfig, is_init: bool) -> Result<(), RunError> {
     for d in [
         config.state_dir.clone(),
@@ -40,6 +47,7 @@ pub async fn run(config: AgentConfig, is_init: bool) -> Result<(), RunError> {
         // reparented to us, not to the host's init.
         nix::sys::prctl::set_child_subreaper(true).map_err(RunError::Subreaper)?;
     }
+    cgroup_parent::setup(&config.cgroup_parent)?;
     let reaper = Reaper::new();
     reaper.spawn_task().map_err(RunError::Signal)?;
     let oom = OomWatcher::new()?;
@@ -66,6 +74,20 @@ pub async fn run(config: AgentConfig, is_init: bool) -> Result<(), RunError> {
         .register_service(service);
     server.start().await?;
     // start() returns once the accept loop is running.
-    std::future::pending::<()>().await;
+    if is_init {
+        // PID 1 ends only through DestroySandbox (a VM restart).
+        std::future::pending::<()>().await;
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping: removing every container");
+    if let Err(e) = crate::sandbox::stop_containers(&state).await {
+        tracing::warn!(error = %crate::error_code::chain(&e), "stopping");
+    }
+    drop(server);
     Ok(())
 }

@@ -154,6 +154,20 @@ pub fn create_sandbox(state: &AgentState, s: &SandboxSetup<'_>) -> Result<String
 /// Removes every container; as PID 1 also syncs and restarts the VM (the
 /// guest kernel runs with `reboot=k`, so a restart is a clean VM exit).
 pub async fn destroy_sandbox(state: &Arc<AgentState>) -> Result<(), SandboxError> {
+    let result = stop_containers(state).await;
+    if state.is_init {
+        nix::unistd::sync();
+        // Reply first, then restart.
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            crate::pid1::power_off();
+        });
+    }
+    result
+}
+
+/// Removes every container, then the cgroup parent.
+pub async fn stop_containers(state: &Arc<AgentState>) -> Result<(), SandboxError> {
     let ids: Vec<String> = lock(&state.containers).keys().cloned().collect();
     let mut failed = Vec::new();
     for id in ids {
@@ -163,14 +177,7 @@ pub async fn destroy_sandbox(state: &Arc<AgentState>) -> Result<(), SandboxError
             failed.push(format!("{id}: {}", crate::error_code::chain(&e)));
         }
     }
-    if state.is_init {
-        nix::unistd::sync();
-        // Reply first, then restart.
-        tokio::spawn(async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            crate::pid1::power_off();
-        });
-    }
+    crate::cgroup_parent::remove(&state.config.cgroup_parent);
     if failed.is_empty() {
         Ok(())
     } else {

@@ -477,3 +477,29 @@ async fn ten_containers_without_cross_talk() {
         a.remove(&id).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_sandbox_removes_containers_and_the_cgroup_parent() {
+    let a = Agent::start().await;
+    let pid = a
+        .create("d", &a.spec("d", &["sleep", "100"]), (false, false, false))
+        .await
+        .unwrap()
+        .pid as i32;
+    a.start_c("d").await.unwrap();
+    assert!(cgroup_exists(&a.cgroup_parent));
+    a.client
+        .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .await
+        .unwrap();
+    // The agent owns the parent: gone with the last container it held.
+    assert!(
+        !cgroup_exists(&a.cgroup_parent),
+        "cgroup parent {} left behind",
+        a.cgroup_parent
+    );
+    // SAFETY: kill with signal 0 only probes for existence.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "init still alive");
+    let (code, _) = code_of(a.wait("d", "").await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+}

@@ -14,6 +14,8 @@ pub struct Artifacts {
     pub initrd: PathBuf,
     /// The test-mode init's initrd (rootfs/devtest-init).
     pub devtest_initrd: PathBuf,
+    /// The initrd with cocoon-agent as /init (`COCOON_AGENT_INITRD`).
+    pub agent_initrd: PathBuf,
 }
 
 impl Artifacts {
@@ -38,6 +40,7 @@ impl Artifacts {
             kernel: get("COCOON_KERNEL"),
             initrd: get("COCOON_INITRD"),
             devtest_initrd: get("COCOON_DEVTEST_INITRD"),
+            agent_initrd: get("COCOON_AGENT_INITRD"),
         }
     }
 }

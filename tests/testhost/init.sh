@@ -17,7 +17,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=524288 out /newroo
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
 mount --move /dev /newroot/dev
-mount -t tmpfs tmpfs /newroot/tmp
+# /tmp stays the host's (through the writable overlay): the command's cwd may
+# be under it (CI clones anywhere).
 mount -t tmpfs tmpfs /newroot/run/lock 2>/dev/null
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts

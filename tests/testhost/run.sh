@@ -7,11 +7,14 @@
 #
 # Inside: the host's root read-only (9p) with a writable tmpfs overlay, the same
 # working directory, kvm_amd/vhost_vsock/tun/fuse loaded, cgroup2 mounted.
-# CMD's stdout and stderr stream here; its exit code is ours (124 on timeout).
+# CMD's stdout and stderr stream here; its exit code is ours (124 on timeout,
+# 126 when the test host's own kernel hung: soft lockups on its console).
+# One vCPU by default: with two, QEMU's multi-threaded TCG under nested SVM
+# was seen to hang the test host (soft lockups on both vCPUs) mid-run.
 # The test host's own console goes to a log, printed when something fails.
 set -euo pipefail
 
-timeout=900 mem=${COCOON_TESTHOST_MEM:-4096} cpus=${COCOON_TESTHOST_CPUS:-2} keep_log=0
+timeout=900 mem=${COCOON_TESTHOST_MEM:-4096} cpus=${COCOON_TESTHOST_CPUS:-1} keep_log=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --timeout) timeout=$2; shift 2;;
@@ -71,6 +74,15 @@ while kill -0 "$qpid" 2>/dev/null; do
     wait "$catpid" 2>/dev/null || true
     echo "testhost: last console lines:" >&2; tail -20 "$out/console.log" >&2
     exit 124
+  fi
+  # A test host whose own kernel reports soft lockups is hung (seen with
+  # QEMU TCG and nested SVM): give up now rather than at the deadline.
+  if grep -q 'soft lockup' "$out/console.log" 2>/dev/null; then
+    echo "testhost: the test host's kernel hung (soft lockup); killing it" >&2
+    kill -9 "$qpid" 2>/dev/null || true
+    wait "$catpid" 2>/dev/null || true
+    tail -20 "$out/console.log" >&2
+    exit 126
   fi
   sleep 0.2
 done

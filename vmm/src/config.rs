@@ -37,6 +37,9 @@ pub enum ConfigError {
         /// Host RAM in MiB.
         host: u64,
     },
+    /// A vsock CID that is reserved or too large.
+    #[error("vsock cid {0} is invalid; use a cid between 3 and 4294967295")]
+    VsockCid(u64),
     /// A raw payload that does not fit where it was asked to go.
     #[error("raw payload of {len} bytes at {addr:#x} does not fit in guest memory or overlaps the boot structures")]
     PayloadPlacement {
@@ -157,6 +160,20 @@ pub struct VmConfig {
     pub irqchip: bool,
     /// Boot a Linux kernel even on PVM / software KVM (very slow).
     pub allow_slow_kvm: bool,
+    /// A virtio-vsock device with a hybrid Unix-socket backend.
+    pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices (each connects to a running virtiofsd).
+    pub fs: Vec<crate::devices::virtio::fs::FsConfig>,
+}
+
+/// A vsock device: the guest's CID and the host's Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// Guest CID (3 or more).
+    pub cid: u64,
+    /// Listening socket for host-initiated connections; guest-initiated
+    /// ones go to `<uds_path>_<port>`.
+    pub uds_path: PathBuf,
 }
 
 impl VmConfig {
@@ -189,6 +206,8 @@ impl VmConfig {
             serial_input: false,
             irqchip: true,
             allow_slow_kvm: false,
+            vsock: None,
+            fs: Vec::new(),
         }
     }
 
@@ -223,6 +242,11 @@ impl VmConfig {
                     got: self.memory_mib,
                     host,
                 });
+            }
+        }
+        if let Some(v) = &self.vsock {
+            if v.cid < 3 || v.cid > u64::from(u32::MAX) {
+                return Err(ConfigError::VsockCid(v.cid));
             }
         }
         if let BootSource::Payload(p) = &self.boot {

@@ -26,6 +26,7 @@ pub mod vstate;
 
 pub use config::{
     BootSource, EntryMode, KernelBoot, RawPayload, SerialOutput, SharedBuffer, VmConfig,
+    VsockConfig,
 };
 pub use exit::ExitReason;
 pub use kvm_probe::{probe as probe_kvm, KvmFlavor};

@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Parser;
 use cocoon_vmm::devices::virtio::block::{Block, BlockConfig};
+use cocoon_vmm::devices::virtio::fs::FsConfig;
 use cocoon_vmm::devices::virtio::net::{Net, NetConfig};
 use cocoon_vmm::devices::virtio::rng::Rng;
 use cocoon_vmm::exit::{
     EXIT_GUEST_PANIC, EXIT_KVM_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TRIPLE_FAULT,
 };
-use cocoon_vmm::{BootSource, ExitReason, KernelBoot, SerialOutput, VmConfig, VmmBuilder};
+use cocoon_vmm::{
+    BootSource, ExitReason, KernelBoot, SerialOutput, VmConfig, VmmBuilder, VsockConfig,
+};
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -60,6 +63,15 @@ struct Args {
     /// Repeatable (eth0, eth1... in this order).
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetConfig>,
+    /// virtio-vsock with a hybrid Unix-socket backend: host connections
+    /// send `CONNECT <port>` on PATH; guest connections to CID 2 port P go
+    /// to PATH_P.
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
+    vsock: Option<VsockConfig>,
+    /// A virtio-fs device served by a virtiofsd already listening on the
+    /// vhost-user socket (repeatable). virtiofsd 1.14 serves one request queue.
+    #[arg(long = "fs", value_name = "tag=TAG,socket=PATH[,queues=N][,queue_size=N]", value_parser = parse_fs)]
+    fs: Vec<FsConfig>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     log_level: String,
@@ -84,6 +96,36 @@ fn parse_block(s: &str) -> Result<BlockConfig, String> {
 fn parse_net(s: &str) -> Result<NetConfig, String> {
     s.parse()
         .map_err(|e: cocoon_vmm::devices::virtio::net::NetConfigError| e.to_string())
+}
+
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", v)) => {
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| format!("vsock cid {v:?} is not a number"))?;
+                if !(3..=u64::from(u32::MAX)).contains(&n) {
+                    return Err(format!(
+                        "vsock cid {n} is reserved or too large; use 3 or more"
+                    ));
+                }
+                cid = Some(n);
+            }
+            Some(("uds", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
+            _ => return Err(format!("{part:?} is not cid=N or uds=PATH")),
+        }
+    }
+    match (cid, uds) {
+        (Some(cid), Some(uds_path)) => Ok(VsockConfig { cid, uds_path }),
+        (None, _) => Err("--vsock needs cid=N (3 or more)".into()),
+        (_, None) => Err("--vsock needs uds=PATH".into()),
+    }
+}
+
+fn parse_fs(s: &str) -> Result<FsConfig, String> {
+    cocoon_vmm::devices::virtio::fs::parse_fs_options(s).map_err(|e| e.to_string())
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
@@ -151,6 +193,8 @@ fn run(args: Args) -> anyhow::Result<i32> {
         serial_input: true,
         irqchip: true,
         allow_slow_kvm: args.allow_slow_kvm,
+        vsock: args.vsock,
+        fs: args.fs,
     };
     let mut builder = VmmBuilder::new(config).context("cannot set up the VM")?;
     for spec in &args.block {
@@ -227,6 +271,23 @@ mod tests {
     }
 
     #[test]
+    fn vsock_argument() {
+        let v = parse_vsock("cid=3,uds=/run/v.sock").unwrap();
+        assert_eq!(v.cid, 3);
+        assert_eq!(v.uds_path, PathBuf::from("/run/v.sock"));
+        assert_eq!(parse_vsock("uds=/x,cid=42").unwrap().cid, 42);
+        assert!(parse_vsock("cid=2,uds=/x")
+            .unwrap_err()
+            .contains("reserved"));
+        assert!(parse_vsock("cid=x,uds=/x")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_vsock("cid=3").unwrap_err().contains("uds=PATH"));
+        assert!(parse_vsock("uds=/x").unwrap_err().contains("cid=N"));
+        assert!(parse_vsock("cid=3,uds=/x,port=1").is_err());
+    }
+
+    #[test]
     fn defaults_and_required_kernel() {
         let args = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k"]).unwrap();
         assert_eq!(args.vcpus, 1);
@@ -248,6 +309,26 @@ mod tests {
         std::env::remove_var("COCOON_ALLOW_PVM");
         assert!(on.allow_slow_kvm);
         assert!(!off.allow_slow_kvm);
+    }
+
+    #[test]
+    fn fs_devices_parse() {
+        let args = Args::try_parse_from([
+            "cocoon-vmm",
+            "--kernel",
+            "/k",
+            "--fs",
+            "tag=a,socket=/a.sock",
+            "--fs",
+            "tag=b,socket=/b.sock,queue_size=256",
+        ])
+        .unwrap();
+        assert_eq!(args.fs.len(), 2);
+        assert_eq!(args.fs[1].queue_size, 256);
+        let err = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", "--fs", "tag=a"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("socket=<path> is missing"), "{err}");
     }
 
     #[test]

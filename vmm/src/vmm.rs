@@ -20,6 +20,8 @@ use crate::config::{BootSource, ConfigError, SerialOutput, VmConfig};
 use crate::devices::bus::{Bus, BusError, SharedDevice};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{spawn_stdin_feeder, SerialDevice};
+use crate::devices::virtio::fs::{Fs, FsConfig, FsError};
+use crate::devices::virtio::mmio::regs;
 use crate::devices::virtio::{MmioTransport, VirtioDevice, VirtioInterrupt};
 use crate::exit::{ExitReason, ExitState};
 use crate::kvm_probe::{self, KvmFlavor};
@@ -54,6 +56,12 @@ pub enum VmmError {
     /// A device range conflict.
     #[error("cannot register device")]
     Bus(#[from] BusError),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::virtio::vsock::MuxerError),
+    /// The vsock device was refused.
+    #[error(transparent)]
+    VsockDevice(#[from] crate::devices::virtio::vsock::VsockError),
     /// All virtio-mmio slots are used.
     #[error("no free virtio-mmio slot (at most {VIRTIO_MMIO_MAX_SLOTS} devices)")]
     NoVirtioSlot,
@@ -65,6 +73,24 @@ pub enum VmmError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// Registering a QueueNotify ioeventfd failed.
+    #[error("cannot register the QueueNotify ioeventfd of the virtio device at {base:#x}")]
+    Ioeventfd {
+        /// The device's MMIO base.
+        base: u64,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A virtio-fs device cannot be set up.
+    #[error("virtio-fs device '{tag}'")]
+    Fs {
+        /// The tag.
+        tag: String,
+        /// The cause.
+        #[source]
+        source: FsError,
     },
     /// Spawning a thread failed.
     #[error("cannot spawn the {what} thread")]
@@ -142,7 +168,7 @@ impl VmmBuilder {
         pio.insert(i8042.clone(), u64::from(I8042_DATA_PORT), 1)?;
         pio.insert(i8042, u64::from(I8042_COMMAND_PORT), 1)?;
 
-        Ok(VmmBuilder {
+        let mut builder = VmmBuilder {
             config,
             vm,
             ram,
@@ -151,7 +177,26 @@ impl VmmBuilder {
             mmio: Bus::new(),
             serial,
             virtio: Vec::new(),
-        })
+        };
+        if let Some(v) = builder.config.vsock.clone() {
+            builder.add_vsock(&v)?;
+        }
+        for fs in builder.config.fs.clone() {
+            builder.add_fs(&fs)?;
+        }
+        Ok(builder)
+    }
+
+    /// Attach a virtio-vsock device with a Unix-socket backend listening
+    /// on `config.uds_path` (removed again when the device is dropped).
+    pub fn add_vsock(
+        &mut self,
+        config: &crate::config::VsockConfig,
+    ) -> Result<MmioDeclaration, VmmError> {
+        use crate::devices::virtio::vsock::{Vsock, VsockMuxer};
+        let muxer = VsockMuxer::new(config.cid, &config.uds_path)?;
+        let device = Vsock::new(config.cid, muxer)?;
+        self.add_virtio_device(Box::new(device))
     }
 
     /// Guest memory (for devices that need it at creation).
@@ -184,12 +229,31 @@ impl VmmBuilder {
             size: VIRTIO_MMIO_SLOT_SIZE,
             irq: VIRTIO_FIRST_GSI + n as u32,
         };
+        let notify = kvm_ioctls::IoEventAddress::Mmio(decl.base + regs::QUEUE_NOTIFY);
+        for (queue, evt) in device.queue_events().iter().enumerate() {
+            self.vm
+                .fd()
+                .register_ioevent(evt, &notify, queue as u32)
+                .map_err(|source| VmmError::Ioeventfd {
+                    base: decl.base,
+                    source,
+                })?;
+        }
         let interrupt = Arc::new(VirtioInterrupt::new(self.vm.irq_eventfd(decl.irq)?));
         let transport = MmioTransport::new(device, self.ram.mem.clone(), interrupt);
         self.mmio
             .insert(Arc::new(Mutex::new(transport)), decl.base, decl.size)?;
         self.virtio.push(decl);
         Ok(decl)
+    }
+
+    /// Connect a virtio-fs device to its virtiofsd and attach it.
+    pub fn add_fs(&mut self, config: &FsConfig) -> Result<MmioDeclaration, VmmError> {
+        let fs = Fs::new(config.clone()).map_err(|source| VmmError::Fs {
+            tag: config.tag.as_str().to_string(),
+            source,
+        })?;
+        self.add_virtio_device(Box::new(fs))
     }
 
     /// Attach any device to the MMIO bus.

@@ -89,7 +89,11 @@ impl Agent {
         let control = Address::Unix(dir.path().join("ctl.sock"));
         let streams = Address::Unix(dir.path().join("stream.sock"));
         std::fs::create_dir_all(dir.path().join("share")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cocoon-agent"))
+        // The bench points this at the static release agent.
+        let exe = std::env::var_os("COCOON_TEST_AGENT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cocoon-agent")));
+        let child = Command::new(exe)
             .arg("--listen")
             .arg(control.to_string())
             .arg("--stream-listen")

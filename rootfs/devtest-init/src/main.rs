@@ -7,11 +7,13 @@
 mod blk;
 mod checks;
 mod fs;
+mod fs_bench;
 mod net;
 mod params;
 mod rng;
 mod sys;
 mod vsock;
+mod vsock_bench;
 
 use std::io::Write;
 

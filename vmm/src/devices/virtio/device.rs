@@ -126,6 +126,20 @@ pub trait VirtioDevice: Send {
 
     /// Stop the device and forget its queues (status written to 0).
     fn reset(&mut self);
+
+    /// EventFds to register as KVM ioeventfds on QueueNotify (index = queue,
+    /// datamatch = queue index); such notifications then never reach
+    /// `queue_notify`. Empty for devices notified through `queue_notify`.
+    fn queue_events(&self) -> &[EventFd] {
+        &[]
+    }
+
+    /// A vhost-user backend signals used buffers straight through the
+    /// irqfd, which cannot set InterruptStatus; the transport then reports
+    /// `VIRTIO_MMIO_INT_VRING` unless only a config change is pending.
+    fn is_vhost_user(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

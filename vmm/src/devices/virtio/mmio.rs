@@ -10,7 +10,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::device::{VirtioDevice, VirtioInterrupt};
+use super::device::{VirtioDevice, VirtioInterrupt, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use crate::devices::bus::BusDevice;
 
 /// "virt" in little endian.
@@ -243,7 +243,16 @@ impl MmioTransport {
             },
             regs::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             regs::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
-            regs::INTERRUPT_STATUS => self.interrupt.status(),
+            regs::INTERRUPT_STATUS => {
+                let status = self.interrupt.status();
+                // As Firecracker does for vhost-user: the backend's irqfd
+                // writes cannot set the status bit, so report a used ring.
+                if self.device.is_vhost_user() && status != VIRTIO_MMIO_INT_CONFIG {
+                    status | VIRTIO_MMIO_INT_VRING
+                } else {
+                    status
+                }
+            }
             regs::STATUS => self.status,
             // No shared memory regions: length all-ones means "absent".
             regs::SHM_LEN_LOW | regs::SHM_LEN_HIGH => u32::MAX,

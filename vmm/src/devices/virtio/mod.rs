@@ -3,10 +3,12 @@
 pub mod block;
 pub mod checked_chain;
 pub mod device;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
 pub mod test_chains;
+pub mod vsock;
 
 pub use device::{ActivateError, VirtioDevice, VirtioInterrupt};
 pub use mmio::MmioTransport;

@@ -1,0 +1,167 @@
+//! Boots the guest kernel with cocoon-agent as PID 1 (build/agent-initrd.cpio)
+//! in cocoon-vmm with a hybrid vsock device, talks to the agent over it
+//! (`CONNECT 1024`), and shuts the VM down through DestroySandbox.
+#![cfg(feature = "e2e")]
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cocoon_agent_protocol::address::{connect_agent_retry, Address};
+use cocoon_agent_protocol::agent::{CheckRequest, DestroySandboxRequest, VersionRequest};
+use cocoon_e2e::Artifacts;
+
+/// From the VMM's start to the agent answering (TCG in the test host is slow).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(180);
+/// From DestroySandbox to the VMM's exit.
+const EXIT_DEADLINE: Duration = Duration::from_secs(60);
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The VMM process; killed if the test ends before it exits.
+struct Vmm {
+    child: Child,
+    out: Option<std::thread::JoinHandle<String>>,
+    err: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Vmm {
+    fn start(cmd: &mut Command) -> Vmm {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let reader = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+                String::from_utf8_lossy(&v).into_owned()
+            })
+        };
+        let out = reader(Box::new(child.stdout.take().unwrap()));
+        let err = reader(Box::new(child.stderr.take().unwrap()));
+        Vmm {
+            child,
+            out: Some(out),
+            err: Some(err),
+        }
+    }
+
+    /// Waits up to `deadline` for the exit; kills the VMM after it. Returns
+    /// the exit code (None if killed) and the console/stderr text.
+    fn finish(&mut self, deadline: Duration) -> (Option<i32>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if start.elapsed() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = self
+            .out
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        let err = self
+            .err
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        (
+            status.and_then(|s| s.code()),
+            format!("status {status:?}\n--- console ---\n{out}\n--- stderr ---\n{err}"),
+        )
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
+}
+
+#[test]
+fn agent_boots_as_pid1_and_answers_over_hybrid_vsock() {
+    let a = Artifacts::from_env();
+    let dir = tempfile::Builder::new()
+        .prefix("cocoon-agent-boot")
+        .tempdir()
+        .unwrap();
+    let uds = dir.path().join("vsock.sock");
+    let started = Instant::now();
+    let mut vmm = Vmm::start(
+        Command::new(&a.vmm)
+            .arg("--kernel")
+            .arg(&a.kernel)
+            .arg("--initrd")
+            .arg(&a.agent_initrd)
+            .arg("--memory")
+            .arg("256")
+            .arg("--vsock")
+            .arg(format!("cid=3,uds={}", uds.display()))
+            .arg("--cmdline")
+            .arg("quiet"),
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let talked = rt.block_on(async {
+        let addr = Address::HybridVsock {
+            path: uds.clone(),
+            port: 1024,
+        };
+        let client = connect_agent_retry(&addr, ANSWER_DEADLINE)
+            .await
+            .map_err(|e| format!("the agent did not answer on {addr}: {e}"))?;
+        let check = client
+            .check(ctx(), &CheckRequest::new())
+            .await
+            .map_err(|e| format!("Check: {e:?}"))?;
+        if !check.serving {
+            return Err("Check: not serving".to_string());
+        }
+        let answered = started.elapsed();
+        let v = client
+            .version(ctx(), &VersionRequest::new())
+            .await
+            .map_err(|e| format!("Version: {e:?}"))?;
+        if v.protocol_version != cocoon_agent_protocol::PROTOCOL_VERSION {
+            return Err(format!("protocol version {}", v.protocol_version));
+        }
+        client
+            .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+            .await
+            .map_err(|e| format!("DestroySandbox: {e:?}"))?;
+        Ok((answered, v.agent_version))
+    });
+    let (code, log) = vmm.finish(if talked.is_ok() {
+        EXIT_DEADLINE
+    } else {
+        Duration::ZERO
+    });
+    let (answered, version) = talked.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(
+        code,
+        Some(0),
+        "DestroySandbox must end the VMM with 0:\n{log}"
+    );
+    // The agent logs to the console as PID 1.
+    assert!(log.contains("agent listening"), "no agent log line:\n{log}");
+    println!(
+        "agent {version} answered {answered:?} after the VMM started; VM ended after {:?}",
+        started.elapsed()
+    );
+}

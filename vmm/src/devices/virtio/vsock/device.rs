@@ -1,0 +1,330 @@
+//! `Vsock<B>`: the virtio device, and `VsockCore<B>`, which moves packets
+//! between the rx/tx queues and the backend (driven by the device thread,
+//! or directly by the unit tests).
+
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::packet::{self, VsockPacket};
+use super::worker::{self, WorkerHandle};
+use super::{VsockBackend, VsockError, MIN_GUEST_CID, QUEUE_SIZE, RXQ, TXQ, VIRTIO_ID_VSOCK};
+use crate::devices::virtio::device::{ActivateError, VirtioDevice, VirtioInterrupt};
+
+/// Most descriptors in one packet's chain.
+const MAX_CHAIN_DESCS: usize = 64;
+
+fn pop<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    broken: &mut bool,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    if *broken {
+        return None;
+    }
+    match queue.iter(mem) {
+        Ok(mut it) => it.next(),
+        Err(e) => {
+            crate::limited!(error, error = %e, "vsock avail ring invalid; device broken");
+            *broken = true;
+            None
+        }
+    }
+}
+
+/// The queues, guest memory and backend of an active device.
+pub struct VsockCore<B: VsockBackend> {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    interrupt: Arc<VirtioInterrupt>,
+    /// The backend.
+    pub backend: B,
+    cid: u64,
+    pkt: VsockPacket,
+    broken: bool,
+    tx_stalled: bool,
+}
+
+impl<B: VsockBackend> VsockCore<B> {
+    /// An active device over `queues` (rx, tx, event).
+    pub fn new(
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<VirtioInterrupt>,
+        backend: B,
+        cid: u64,
+    ) -> Self {
+        VsockCore {
+            mem,
+            queues,
+            interrupt,
+            backend,
+            cid,
+            pkt: VsockPacket::new(),
+            broken: false,
+            tx_stalled: false,
+        }
+    }
+
+    /// The device stopped after a broken queue.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The tx queue waits for the backend (rx progress or a drained socket).
+    pub fn is_tx_stalled(&self) -> bool {
+        self.tx_stalled
+    }
+
+    /// Give the backend back (device reset).
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    fn mark_broken(&mut self, index: usize, why: &str) {
+        if !self.broken {
+            tracing::error!(
+                queue = index,
+                why,
+                "vsock device broken; it stops processing"
+            );
+        }
+        self.broken = true;
+    }
+
+    fn add_used(&mut self, index: usize, head: u16, len: u32) -> bool {
+        match self.queues[index].add_used(&self.mem, head, len) {
+            Ok(()) => true,
+            Err(e) => {
+                crate::limited!(error, error = %e, "vsock used ring update failed");
+                self.mark_broken(index, "used ring");
+                false
+            }
+        }
+    }
+
+    /// Take guest packets off the tx queue. Returns whether any was used.
+    pub fn process_tx(&mut self) -> bool {
+        self.tx_stalled = false;
+        let mut used = false;
+        while let Some(chain) = pop(&mut self.queues[TXQ], &self.mem, &mut self.broken) {
+            let head = chain.head_index();
+            let checked = packet::collect_descs(&self.mem, chain, false, MAX_CHAIN_DESCS)
+                .and_then(|descs| packet::read_tx(&self.mem, &descs, &mut self.pkt))
+                .and_then(|()| self.pkt.hdr.check_from_guest(self.cid));
+            if let Err(e) = checked {
+                crate::limited!(warn, error = %e, "vsock tx packet dropped");
+                used |= self.add_used(TXQ, head, 0);
+                continue;
+            }
+            match self.backend.send_pkt(&self.pkt) {
+                Err(VsockError::Busy) => {
+                    self.queues[TXQ].go_to_previous_position();
+                    self.tx_stalled = true;
+                    break;
+                }
+                Err(e) => crate::limited!(warn, error = %e, "vsock backend refused a packet"),
+                Ok(()) => {}
+            }
+            used |= self.add_used(TXQ, head, 0);
+        }
+        used
+    }
+
+    /// Fill guest rx buffers with what the backend has. Returns whether any was used.
+    pub fn process_rx(&mut self) -> bool {
+        let mut used = false;
+        while self.backend.has_pending_rx() {
+            let Some(chain) = pop(&mut self.queues[RXQ], &self.mem, &mut self.broken) else {
+                break;
+            };
+            let head = chain.head_index();
+            let descs = packet::collect_descs(&self.mem, chain, true, MAX_CHAIN_DESCS)
+                .and_then(|d| packet::rx_capacity(&d).map(|cap| (d, cap)));
+            let (descs, cap) = match descs {
+                Ok(v) => v,
+                Err(e) => {
+                    crate::limited!(warn, error = %e, "vsock rx buffer unusable; returned empty");
+                    used |= self.add_used(RXQ, head, 0);
+                    continue;
+                }
+            };
+            self.pkt.set_rx_capacity(cap);
+            match self.backend.recv_pkt(&mut self.pkt) {
+                Ok(()) => {
+                    let len = match packet::write_rx(&self.mem, &descs, &self.pkt) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            crate::limited!(warn, error = %e, "vsock rx write failed");
+                            0
+                        }
+                    };
+                    used |= self.add_used(RXQ, head, len);
+                }
+                Err(_) => {
+                    self.queues[RXQ].go_to_previous_position();
+                    break;
+                }
+            }
+        }
+        used
+    }
+
+    /// Run both directions until neither makes progress; raise the
+    /// interrupt if a used ring changed.
+    pub fn process_all(&mut self) {
+        let mut used = false;
+        for _ in 0..4 {
+            let rx = self.process_rx();
+            let tx = self.process_tx();
+            used |= rx | tx;
+            if !tx && !self.backend.has_pending_rx() {
+                break;
+            }
+        }
+        used |= self.process_rx();
+        if used {
+            self.interrupt.signal_used_queue();
+        }
+    }
+
+    /// The backend's fd was readable (or a timeout passed).
+    pub fn backend_event(&mut self) {
+        self.backend.notify();
+        self.process_all();
+    }
+}
+
+/// The vsock device: guest CID in the configuration space, three queues.
+pub struct Vsock<B: VsockBackend> {
+    cid: u64,
+    queue_sizes: [u16; 3],
+    backend: Option<B>,
+    worker: Option<WorkerHandle<B>>,
+}
+
+impl<B: VsockBackend> Vsock<B> {
+    /// A device for guest `cid` over `backend`.
+    pub fn new(cid: u64, mut backend: B) -> Result<Self, VsockError> {
+        if cid < MIN_GUEST_CID || cid > u64::from(u32::MAX) {
+            return Err(VsockError::BadCid(cid));
+        }
+        backend.set_guest_cid(cid);
+        Ok(Vsock {
+            cid,
+            queue_sizes: [QUEUE_SIZE; 3],
+            backend: Some(backend),
+            worker: None,
+        })
+    }
+
+    /// The guest CID.
+    pub fn cid(&self) -> u64 {
+        self.cid
+    }
+
+    /// The backend while the device is not running (tests).
+    #[cfg(test)]
+    pub fn backend_for_tests(&self) -> Option<&B> {
+        self.backend.as_ref()
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            match w.stop() {
+                Some(mut backend) => {
+                    backend.reset();
+                    self.backend = Some(backend);
+                }
+                None => tracing::error!("vsock device thread panicked; the device is gone"),
+            }
+        }
+    }
+}
+
+impl<B: VsockBackend> VirtioDevice for Vsock<B> {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let cfg = self.cid.to_le_bytes();
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = start
+            .checked_add(data.len())
+            .and_then(|end| cfg.get(start..end))
+        {
+            data.copy_from_slice(src);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        crate::limited!(debug, offset, "vsock config is read-only; write ignored");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != 3 {
+            return Err(ActivateError::BadQueue {
+                index: queues.len(),
+                reason: "vsock needs 3 queues".into(),
+            });
+        }
+        for (index, q) in queues.iter().take(2).enumerate() {
+            if !q.ready() {
+                return Err(ActivateError::BadQueue {
+                    index,
+                    reason: "not ready".into(),
+                });
+            }
+        }
+        self.stop_worker();
+        let backend = self
+            .backend
+            .take()
+            .ok_or_else(|| ActivateError::Backend("vsock backend lost".into()))?;
+        let core = VsockCore::new(mem, queues, interrupt, backend, self.cid);
+        match worker::spawn(core) {
+            Ok(w) => {
+                self.worker = Some(w);
+                Ok(())
+            }
+            Err(failed) => {
+                let (e, core) = *failed;
+                self.backend = Some(core.into_backend());
+                Err(ActivateError::Backend(e.to_string()))
+            }
+        }
+    }
+
+    fn queue_notify(&mut self, queue: u16) {
+        if let Some(w) = &self.worker {
+            w.kick(usize::from(queue));
+        }
+    }
+
+    fn reset(&mut self) {
+        self.stop_worker();
+    }
+}
+
+impl<B: VsockBackend> Drop for Vsock<B> {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}
