@@ -17,8 +17,17 @@ mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=524288 out /newroo
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
 mount --move /dev /newroot/dev
-# /tmp stays the host's (through the writable overlay): the command's cwd may
-# be under it (CI clones anywhere).
+# /tmp is a tmpfs (overlayfs cannot be an overlay upperdir, and containerd's
+# snapshots live under /tmp in the tests); a working tree under /tmp (CI
+# clones anywhere) is carried over from the overlay onto it.
+cwd=$(cat /newroot/run/testhost/cwd 2>/dev/null)
+keep=""
+case "$cwd" in
+  /tmp/?*) keep=/tmp/$(echo "${cwd#/tmp/}" | cut -d/ -f1)
+           mkdir -p /kept; mount --bind "/newroot$keep" /kept ;;
+esac
+mount -t tmpfs tmpfs /newroot/tmp
+if [ -n "$keep" ]; then mkdir -p "/newroot$keep"; mount --move /kept "/newroot$keep"; fi
 mount -t tmpfs tmpfs /newroot/run/lock 2>/dev/null
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts

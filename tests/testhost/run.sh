@@ -50,6 +50,7 @@ trap 'exit 130' INT TERM
   echo "export COCOON_IN_TESTHOST=1"
   printf 'exec'; printf ' %q' "$@"; echo
 } >"$out/cmd.sh"
+printf "%s" "$PWD" >"$out/cwd"
 mkfifo "$out/console"
 
 qemu-system-x86_64 -M pc -accel ${COCOON_TESTHOST_ACCEL:-tcg} -cpu max -smp "$cpus" -m "$mem" \
