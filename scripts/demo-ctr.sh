@@ -18,6 +18,6 @@ tests/ctr/containerd.sh start "$dir/containerd"
 containerd-shim-cocoon-v2 check --config "$COCOON_CONFIG" || true
 start=$(date +%s.%N)
 ctr --address "$dir/containerd/containerd.sock" -n cocoon run --rm --runtime io.containerd.cocoon.v2 \
-  docker.io/cocoon/busybox:latest demo echo hello from a micro-VM
+  cocoon.local/busybox:latest demo echo hello from a micro-VM
 end=$(date +%s.%N)
 echo "demo: ctr run --rm took $(echo "$end - $start" | bc) s (containerd -> shim -> cocoon-vmm -> guest agent -> container)"

@@ -2,7 +2,7 @@
 """Builds a busybox OCI image tarball (for `ctr image import`) from the host's
 static busybox, without any registry.
 
-usage: mkimage.py --busybox /bin/busybox --name docker.io/cocoon/busybox:latest --out FILE
+usage: mkimage.py --busybox /bin/busybox --name cocoon.local/busybox:latest --out FILE
 """
 import argparse
 import hashlib
@@ -49,7 +49,7 @@ def layer(busybox):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--busybox", default="/bin/busybox")
-    ap.add_argument("--name", default="docker.io/cocoon/busybox:latest")
+    ap.add_argument("--name", default="cocoon.local/busybox:latest")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     blobs = {}

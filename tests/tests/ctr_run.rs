@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const IMAGE: &str = "docker.io/cocoon/busybox:latest";
+const IMAGE: &str = "cocoon.local/busybox:latest";
 const RUNTIME: &str = "io.containerd.cocoon.v2";
 
 fn repo() -> PathBuf {
