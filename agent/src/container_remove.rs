@@ -19,6 +19,8 @@ pub async fn remove_container(
     let c = state.container(id)?;
     kill_and_wait(state, &c, timeout).await?;
 
+    // Before the cgroup goes: a last look at its OOM counter.
+    state.oom.unwatch(id);
     let st = state.clone();
     let cid = id.to_string();
     let cgroup = c.cgroup()?;
@@ -37,7 +39,6 @@ pub async fn remove_container(
     })
     .await?;
 
-    state.oom.unwatch(id);
     let mut procs = vec![c.init.clone()];
     procs.extend(lock(&c.execs).values().cloned());
     for p in procs {

@@ -10,13 +10,14 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use libcgroups::common::{get_cgroup_setup, CgroupSetup, DEFAULT_CGROUP_ROOT};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::container::lock;
 
@@ -40,6 +41,35 @@ struct Watched {
     kills: u64,
 }
 
+/// The sending side of the event queue, counting what is not collected yet.
+#[derive(Clone)]
+struct Reporter {
+    tx: mpsc::UnboundedSender<String>,
+    queued: Arc<AtomicUsize>,
+    collected: Arc<Notify>,
+}
+
+impl Reporter {
+    fn send(&self, id: String) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(id).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+struct WatchedV1 {
+    task: tokio::task::JoinHandle<()>,
+    control: PathBuf,
+    /// The highest `oom_kill` count already reported; shared with the task.
+    kills: Arc<AtomicU64>,
+}
+
+/// Raises `seen` to `now`; true if this call raised it (and so must report).
+fn raise(seen: &AtomicU64, now: u64) -> bool {
+    seen.fetch_max(now, Ordering::AcqRel) < now
+}
+
 struct RawInotify(Inotify);
 
 impl AsRawFd for RawInotify {
@@ -57,12 +87,12 @@ impl AsRawFd for RawEventFd {
 }
 
 pub struct OomWatcher {
-    tx: mpsc::UnboundedSender<String>,
+    tx: Reporter,
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
     inotify: Option<Arc<AsyncFd<RawInotify>>>,
     v2: Mutex<HashMap<WatchDescriptor, Watched>>,
     /// v1: the task that waits on each container's eventfd.
-    v1: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    v1: Mutex<HashMap<String, WatchedV1>>,
     unified: bool,
 }
 
@@ -91,7 +121,11 @@ impl OomWatcher {
             None
         };
         let me = Arc::new(OomWatcher {
-            tx,
+            tx: Reporter {
+                tx,
+                queued: Arc::new(AtomicUsize::new(0)),
+                collected: Arc::new(Notify::new()),
+            },
             rx: tokio::sync::Mutex::new(rx),
             inotify,
             v2: Mutex::new(HashMap::new()),
@@ -128,7 +162,7 @@ impl OomWatcher {
                 if k > w.kills {
                     w.kills = k;
                     tracing::warn!(id = %w.id, kills = k, "container OOM kill");
-                    let _ = self.tx.send(w.id.clone());
+                    self.tx.send(w.id.clone());
                 }
             }
         }
@@ -188,7 +222,9 @@ impl OomWatcher {
             .map_err(|e| OomError::Async(std::io::Error::other(e.to_string())))?;
         let tx = self.tx.clone();
         let id_owned = id.to_string();
-        let mut kills = read_oom_kills(&control).unwrap_or(0);
+        let kills = Arc::new(AtomicU64::new(read_oom_kills(&control).unwrap_or(0)));
+        let seen = kills.clone();
+        let file = control.clone();
         let task = tokio::spawn(async move {
             let _keep_open = ofd;
             loop {
@@ -203,29 +239,35 @@ impl OomWatcher {
                 }
                 // The kernel signals when the cgroup goes under OOM, before
                 // the victim is killed and counted: give the kill a moment.
-                // (Also fires when the cgroup is removed.)
-                let mut k = kills;
+                // (Also fires when the cgroup is removed.) A kill counted
+                // later is still reported by `unwatch`.
                 for _ in 0..50 {
-                    match read_oom_kills(&control) {
+                    match read_oom_kills(&file) {
                         None => return,
-                        Some(now) if now > kills => {
-                            k = now;
+                        Some(now) if raise(&seen, now) => {
+                            tracing::warn!(id = %id_owned, kills = now, "container OOM kill");
+                            tx.send(id_owned.clone());
                             break;
                         }
                         Some(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
                     }
                 }
-                if k > kills {
-                    kills = k;
-                    tracing::warn!(id = %id_owned, kills = k, "container OOM kill");
-                    let _ = tx.send(id_owned.clone());
-                }
             }
         });
-        lock(&self.v1).insert(id.to_string(), task);
+        lock(&self.v1).insert(
+            id.to_string(),
+            WatchedV1 {
+                task,
+                control,
+                kills,
+            },
+        );
         Ok(())
     }
 
+    /// Stops watching a container. Call it before the cgroup is removed: a
+    /// kill the kernel counted but the watcher has not reported yet (the
+    /// notification races with the container's exit) is reported here.
     pub fn unwatch(&self, id: &str) {
         let mut map = lock(&self.v2);
         let wds: Vec<WatchDescriptor> = map
@@ -234,19 +276,47 @@ impl OomWatcher {
             .map(|(wd, _)| *wd)
             .collect();
         for wd in wds {
-            map.remove(&wd);
+            if let Some(w) = map.remove(&wd) {
+                if read_oom_kills(&w.file).is_some_and(|k| k > w.kills) {
+                    tracing::warn!(id, "container OOM kill (counted at removal)");
+                    self.tx.send(w.id);
+                }
+            }
             if let Some(ino) = &self.inotify {
                 let _ = ino.get_ref().0.rm_watch(wd);
             }
         }
-        if let Some(task) = lock(&self.v1).remove(id) {
-            task.abort();
+        drop(map);
+        if let Some(w) = lock(&self.v1).remove(id) {
+            w.task.abort();
+            if read_oom_kills(&w.control).is_some_and(|k| raise(&w.kills, k)) {
+                tracing::warn!(id, "container OOM kill (counted at removal)");
+                self.tx.send(id.to_string());
+            }
         }
     }
 
     /// The next OOM event, waiting for one.
     pub async fn next(&self) -> Result<String, OomError> {
-        self.rx.lock().await.recv().await.ok_or(OomError::Closed)
+        let id = self.rx.lock().await.recv().await.ok_or(OomError::Closed)?;
+        self.tx.queued.fetch_sub(1, Ordering::AcqRel);
+        self.tx.collected.notify_waiters();
+        Ok(id)
+    }
+
+    /// Waits until every queued event has been collected, at most `limit`:
+    /// the sandbox is destroyed only after the shim has its last events.
+    pub async fn drain(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let collected = self.tx.collected.notified();
+            if self.tx.queued.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, collected).await.is_err() {
+                return self.tx.queued.load(Ordering::Acquire) == 0;
+            }
+        }
     }
 }
 
@@ -268,5 +338,58 @@ mod tests {
         assert_eq!(read_oom_kills(&f), Some(7));
         std::fs::write(&f, "oom_kill_disable 0\n").unwrap();
         assert_eq!(read_oom_kills(&f), None);
+    }
+
+    #[test]
+    fn a_kill_is_reported_once_by_whoever_sees_it_first() {
+        let seen = AtomicU64::new(1);
+        assert!(!raise(&seen, 1));
+        assert!(raise(&seen, 2));
+        assert!(!raise(&seen, 2));
+        assert!(!raise(&seen, 1));
+        assert_eq!(seen.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn unwatch_reports_a_kill_counted_after_the_last_notification() {
+        let w = OomWatcher::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("memory.events");
+        std::fs::write(&file, "oom 0\noom_kill 0\n").unwrap();
+        if w.unified {
+            w.watch_v2("c", &file).unwrap();
+        } else {
+            // A v1 watch needs a real cgroup; stand in with the map entry.
+            lock(&w.v1).insert(
+                "c".into(),
+                WatchedV1 {
+                    task: tokio::spawn(std::future::pending()),
+                    control: file.clone(),
+                    kills: Arc::new(AtomicU64::new(0)),
+                },
+            );
+        }
+        // Nothing new: nothing reported.
+        std::fs::write(&file, "oom 1\noom_kill 0\n").unwrap();
+        w.unwatch("c");
+        assert!(w.rx.lock().await.try_recv().is_err());
+        // Counted, then removed before the watcher looked.
+        if w.unified {
+            w.watch_v2("c", &file).unwrap();
+        } else {
+            lock(&w.v1).insert(
+                "c".into(),
+                WatchedV1 {
+                    task: tokio::spawn(std::future::pending()),
+                    control: file.clone(),
+                    kills: Arc::new(AtomicU64::new(0)),
+                },
+            );
+        }
+        std::fs::write(&file, "oom 2\noom_kill 1\n").unwrap();
+        w.unwatch("c");
+        assert!(!w.drain(std::time::Duration::from_millis(20)).await);
+        assert_eq!(w.next().await.unwrap(), "c");
+        assert!(w.drain(std::time::Duration::from_millis(20)).await);
     }
 }

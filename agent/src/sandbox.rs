@@ -155,6 +155,11 @@ pub fn create_sandbox(state: &AgentState, s: &SandboxSetup<'_>) -> Result<String
 /// guest kernel runs with `reboot=k`, so a restart is a clean VM exit).
 pub async fn destroy_sandbox(state: &Arc<AgentState>) -> Result<(), SandboxError> {
     let result = stop_containers(state).await;
+    // The shim collects OOM events with a pending GetOOMEvent; let it have
+    // the ones the removals just reported before the agent goes away.
+    if !state.oom.drain(Duration::from_secs(1)).await {
+        tracing::warn!("OOM events left uncollected");
+    }
     if state.is_init {
         nix::unistd::sync();
         // Reply first, then restart.

@@ -28,6 +28,8 @@ pub struct Pod {
     /// Where the guest sees `<pod>/shared`.
     pub guest_share: PathBuf,
     pub containers: HashSet<String>,
+    /// Forwards the agent's OOM events; ends when the agent connection does.
+    oom_forwarder: tokio::task::JoinHandle<()>,
 }
 
 impl Pod {
@@ -58,7 +60,7 @@ impl Pod {
             }
         };
         let oom_agent = agent.clone();
-        tokio::spawn(async move {
+        let oom_forwarder = tokio::spawn(async move {
             while let Ok(container_id) = oom_agent.next_oom().await {
                 tracing::info!(%container_id, "oom kill");
                 publish(
@@ -78,6 +80,7 @@ impl Pod {
             agent,
             guest_share: PathBuf::from(share),
             containers: HashSet::new(),
+            oom_forwarder,
         })
     }
 
@@ -94,6 +97,15 @@ impl Pod {
         }
         if let Err(e) = self.backend.stop().await {
             tracing::warn!(pod = %self.id, error = %e, "stopping the backend");
+        }
+        // The agent let the last OOM events go before DestroySandbox
+        // returned; publish them before the shim may exit.
+        let forwarder = &mut self.oom_forwarder;
+        if tokio::time::timeout(std::time::Duration::from_secs(2), forwarder)
+            .await
+            .is_err()
+        {
+            self.oom_forwarder.abort();
         }
         remove_pod_dir(self.backend.pod_dir());
         tracing::info!(pod = %self.id, "pod destroyed");
