@@ -274,14 +274,9 @@ fn ctr_exec_ps_pause_resume_metrics_and_kill() {
     assert!(c.ctr(&["task", "ls"]).1.contains("PAUSED"));
     assert_eq!(c.ctr(&["task", "resume", "svc"]).0, 0);
     assert!(c.ctr(&["task", "ls"]).1.contains("RUNNING"));
-    // KNOWN GAP (issue 5): on the VM backend (guest cgroup v2) `ctr task
-    // metrics` says "no metrics received" (containerd drops the shim's Stats
-    // error); it works on the local backend. Checked there only until fixed.
-    if std::env::var("COCOON_E2E_BACKEND").as_deref() == Ok("local") {
-        let (rc, out, err) = c.ctr(&["task", "metrics", "svc"]);
-        assert_eq!(rc, 0, "ctr task metrics: {err}");
-        assert!(out.contains("pids.current"), "{out}");
-    }
+    let (rc, out, err) = c.ctr(&["task", "metrics", "svc"]);
+    assert_eq!(rc, 0, "ctr task metrics: {err}");
+    assert!(out.contains("pids.current"), "{out}");
     assert_eq!(c.ctr(&["task", "kill", "-s", "SIGKILL", "svc"]).0, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !c.ctr(&["task", "ls"]).1.contains("STOPPED") {
@@ -384,5 +379,145 @@ fn ctr_killed_shim_is_cleaned_up_by_the_delete_command() {
     }
     let _ = c.ctr(&["task", "rm", "orphan"]);
     assert_eq!(c.ctr(&["container", "rm", "orphan"]).0, 0);
+    c.assert_clean();
+}
+
+/// Reads a child's pipe line by line in the background.
+fn lines_of(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn ctr_task_kill_sigterm_reaches_the_container() {
+    require_supported_vmm!();
+    let c = Containerd::start("term");
+    let mut run = c
+        .ctr_cmd(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "trapper",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines_of(run.stdout.take().unwrap());
+    // The trap is set once the container says so.
+    let first = out.recv_timeout(Duration::from_secs(180));
+    assert_eq!(first.as_deref(), Ok("ready"), "no ready line");
+    let (rc, _, err) = c.ctr(&["task", "kill", "trapper"]);
+    assert_eq!(rc, 0, "ctr task kill (SIGTERM): {err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not end the task");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(7), "the trap's exit status");
+    assert_eq!(out.recv().as_deref(), Ok("got-term"));
+    std::thread::sleep(Duration::from_millis(500));
+    c.assert_clean();
+}
+
+#[test]
+fn ctr_run_t_gives_the_container_a_terminal() {
+    require_supported_vmm!();
+    let c = Containerd::start("tty");
+    // `ctr run -t` wants a terminal on its own stdin: give it a pty.
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two fds into the given ints; the name, termios
+    // and winsize pointers may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just returned by openpty and are owned here only.
+    let (master, slave) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let mut run = c
+        .ctr_cmd(&[
+            "run",
+            "--rm",
+            "-t",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "tty",
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo tty-ok; tty; exit 3",
+        ])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let out = lines_of(master);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "ctr run -t did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The pty's master reads EIO once the last slave fd is gone.
+    let text: Vec<String> = out.iter().collect();
+    let text = text.join("\n");
+    assert_eq!(status.code(), Some(3), "{text}");
+    assert!(text.contains("tty-ok"), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    c.assert_clean();
+}
+
+#[test]
+fn ctr_memory_limit_is_enforced_in_the_guest() {
+    require_supported_vmm!();
+    let c = Containerd::start("mem");
+    // dd holds one block of `bs` in memory. Without a limit 64 MiB fits the
+    // pod's VM; under a 32 MiB limit it is OOM-killed, 8 MiB still fits.
+    let dd = |bs: &str| {
+        format!("dd if=/dev/zero of=/dev/null bs={bs} count=1 2>/dev/null && echo done-{bs}")
+    };
+    let (rc, out, err) = c.run("nolimit", &[], &["sh", "-c", &dd("64M")]);
+    assert_eq!((rc, out.as_str()), (0, "done-64M\n"), "{err}");
+    let limit = ["--memory-limit", "33554432"];
+    let (rc, out, err) = c.run("small", &limit, &["sh", "-c", &dd("8M")]);
+    assert_eq!((rc, out.as_str()), (0, "done-8M\n"), "{err}");
+    let (rc, out, err) = c.run(
+        "big",
+        &limit,
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    assert_eq!(rc, 137, "64 MiB under a 32 MiB limit: {out} {err}");
     c.assert_clean();
 }
