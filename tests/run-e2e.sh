@@ -3,7 +3,8 @@
 # directly on a VT-x/AMD-V host, inside the nested test host when /dev/kvm is
 # PVM (or missing) — one test-host session for all of them. Says which.
 #   tests/run-e2e.sh [TEST-BINARY-NAME...]   (default: every e2e test binary;
-#   the name `agent` selects the agent's host tests, run in the test host only)
+#   the name `agent` selects the agent's host tests, run in the test host only;
+#   `shim` the shim's task-service tests, here on real micro-VMs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,20 @@ for line in sys.stdin:
   [ ${#agent_bins[@]} -gt 0 ] || { cargo test -p cocoon-agent -p cocoon-agent-ctl --no-run; echo "e2e: the agent tests did not build" >&2; exit 1; }
 fi
 
+# The shim's task-service tests, on the VM backend: the task API driven
+# directly by a test client against real micro-VMs (pod grouping included).
+shim_bins=()
+if [ $# -eq 0 ] || [[ " $* " == *" shim "* ]]; then
+  mapfile -t shim_bins < <(cargo test -p containerd-shim-cocoon-v2 --test task_local --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("kind") == ["test"]:
+        print("shim-" + t["name"] + " " + m["executable"])')
+  [ ${#shim_bins[@]} -gt 0 ] || { cargo test -p containerd-shim-cocoon-v2 --test task_local --no-run; echo "e2e: the shim tests did not build" >&2; exit 1; }
+fi
+
 mapfile -t bins < <(cargo test -p cocoon-e2e --features e2e --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 want = set(sys.argv[1:])
@@ -31,7 +46,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("kind") == ["test"] \
        and (not want or t["name"] in want):
         print(t["name"] + " " + m["executable"])' "$@")
-if [ ${#bins[@]} -eq 0 ] && [ ${#agent_bins[@]} -eq 0 ]; then
+if [ ${#bins[@]} -eq 0 ] && [ ${#agent_bins[@]} -eq 0 ] && [ ${#shim_bins[@]} -eq 0 ]; then
   cargo test -p cocoon-e2e --features e2e --no-run
   echo "e2e: no test binary built${*:+ for: $*}" >&2; exit 1
 fi
@@ -54,6 +69,10 @@ script=$PWD/build/e2e-run.sh
   for b in "${bins[@]}"; do
     name=${b%% *}; exe=${b#* }
     echo "echo; echo \"=== e2e: $name\"; $(printf '%q' "$exe") --test-threads=1 || rc=1"
+  done
+  for b in "${shim_bins[@]}"; do
+    name=${b%% *}; exe=${b#* }
+    echo "echo; echo \"=== e2e: $name (VM backend)\"; s=\$(date +%s); COCOON_SHIM_TEST_BACKEND=vm $(printf '%q' "$exe") --test-threads=1 || rc=1; echo \"=== $name took \$(( \$(date +%s) - s )) s\""
   done
   if [ "${COCOON_E2E_AGENT:-}" = 1 ]; then
     for b in "${agent_bins[@]}"; do

@@ -1,5 +1,6 @@
-//! The whole task service on the host: TaskService + local backend (a real
-//! cocoon-agent over Unix sockets), driven through a ttrpc TaskClient.
+//! The whole task service: TaskService + local backend (a real cocoon-agent
+//! over Unix sockets) on the host, or real micro-VMs in `make e2e`
+//! (`COCOON_SHIM_TEST_BACKEND=vm`), driven through a ttrpc TaskClient.
 //! Needs root and `cargo build -p cocoon-agent`.
 
 mod common;
@@ -12,10 +13,10 @@ use containerd_shim_protos::events::task::TaskExit;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 
-const T: Duration = Duration::from_secs(30);
-
 async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(T, f).await.expect("timed out")
+    tokio::time::timeout(op_timeout(), f)
+        .await
+        .expect("timed out")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,7 +444,7 @@ async fn memory_limit_oom_kill_publishes_an_oom_event() {
     .await;
     assert_eq!(status, 137);
     // The OOM loop publishes asynchronously.
-    let deadline = std::time::Instant::now() + T;
+    let deadline = std::time::Instant::now() + op_timeout();
     while !h.events.topics().iter().any(|t| t == "/tasks/oom") {
         assert!(
             std::time::Instant::now() < deadline,

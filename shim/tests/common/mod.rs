@@ -1,6 +1,9 @@
-//! Host test harness: the task service over the local backend (a real
-//! `cocoon-agent` on Unix sockets, no VM), served over ttrpc to a test
-//! client exactly as containerd would reach it.
+//! Test harness: the task service served over ttrpc to a test client
+//! exactly as containerd would reach it. The backend is the local one (a
+//! real `cocoon-agent` on Unix sockets, no VM), or with
+//! `COCOON_SHIM_TEST_BACKEND=vm` real micro-VMs (cocoon-vmm, virtiofsd and
+//! the agent as the guest's PID 1; `COCOON_VMM`, `COCOON_KERNEL` and
+//! `COCOON_AGENT_INITRD` name them): `make e2e` runs them so in the test host.
 #![allow(dead_code)]
 
 use std::os::unix::fs::symlink;
@@ -43,6 +46,37 @@ pub fn agent_bin() -> PathBuf {
     p
 }
 
+/// True when the tests run against real micro-VMs.
+pub fn vm_backend() -> bool {
+    std::env::var("COCOON_SHIM_TEST_BACKEND").as_deref() == Ok("vm")
+}
+
+/// How long one task API call may take: a VM boots within `create`, and
+/// under nested emulation that takes seconds.
+pub fn op_timeout() -> Duration {
+    if vm_backend() {
+        Duration::from_secs(180)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
+fn vm_config(run_dir: &Path) -> cocoon_shim::config::Config {
+    let var = |v: &str| -> PathBuf {
+        std::env::var_os(v)
+            .unwrap_or_else(|| panic!("{v} is not set (the VM backend needs it)"))
+            .into()
+    };
+    cocoon_shim::config::Config {
+        vmm: var("COCOON_VMM"),
+        kernel: var("COCOON_KERNEL"),
+        initrd: var("COCOON_AGENT_INITRD"),
+        run_dir: run_dir.to_path_buf(),
+        agent_timeout_secs: 150,
+        ..Default::default()
+    }
+}
+
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub client: TaskClient,
@@ -65,8 +99,17 @@ impl Harness {
         std::fs::create_dir_all(&run_dir).unwrap();
         let events = Arc::new(RecordedEvents::default());
         let exit = Arc::new(ExitSignal::default());
-        let agent = agent_bin();
-        let factory: cocoon_shim::task::BackendFactory =
+        let factory: cocoon_shim::task::BackendFactory = if vm_backend() {
+            let cfg = vm_config(&run_dir);
+            Arc::new(move |sid: &str, _cfg: Option<&Path>| {
+                let b: Box<dyn Backend> = Box::new(cocoon_shim::sandbox::vm::VmBackend::new(
+                    cfg.clone(),
+                    PodDir::new(&cfg.run_dir, sid),
+                ));
+                Ok(b)
+            })
+        } else {
+            let agent = agent_bin();
             Arc::new(move |sid: &str, _cfg: Option<&Path>| {
                 let b: Box<dyn Backend> = Box::new(LocalBackend::new(
                     agent.clone(),
@@ -75,7 +118,8 @@ impl Harness {
                     Duration::from_secs(10),
                 ));
                 Ok(b)
-            });
+            })
+        };
         let svc = TaskService::new(events.clone(), factory, exit.clone());
         let sock = format!("unix://{}", dir.path().join("shim.sock").display());
         let task: Box<dyn containerd_shim_protos::shim_async::Task + Send + Sync> = Box::new(svc);
