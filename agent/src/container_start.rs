@@ -12,6 +12,13 @@ use crate::helper::{self, HelperOp, HelperRequest};
 use crate::spec_check;
 use crate::stdio::{make_stdio, StdioRequest};
 
+/// libcontainer's start connects to the container's notify socket after a
+/// process-wide `chdir` into the container's state directory (sun_path is
+/// short) and changes back after. Two starts on two blocking threads would
+/// race on the working directory: one fails with "notify.sock: No such file
+/// or directory", or worse starts the other container. One at a time.
+static START_CWD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub async fn start_container(state: &Arc<AgentState>, id: &str) -> Result<i32, ContainerError> {
     let c = state.container(id)?;
     if c.started.swap(true, Ordering::SeqCst) {
@@ -30,6 +37,7 @@ pub async fn start_container(state: &Arc<AgentState>, id: &str) -> Result<i32, C
     let cid = id.to_string();
     let res = blocking(move || {
         let mut lc = st.load(&cid)?;
+        let _cwd = lock(&START_CWD_LOCK);
         lc.start()
             .map_err(|e| ContainerError::Libcontainer("starting the container", e))
     })
