@@ -34,10 +34,13 @@ mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup 2>/dev/null
 ip link set lo up 2>/dev/null
-exec chroot /newroot /bin/sh -c '
+# switch_root, not chroot: a chrooted process may not create user namespaces.
+exec switch_root /newroot /bin/sh -c '
   modprobe -q -a kvm_amd vhost_vsock tun fuse veth bridge 2>/dev/null
   [ -c /dev/kvm ] || echo "testhost: warning: no /dev/kvm in the test host" >&2
   stty -F /dev/ttyS1 raw -echo 2>/dev/null
+  # A heartbeat on the share: run.sh takes a stale one for a hung test host.
+  ( while :; do date +%s >/run/testhost/heartbeat; sleep 5; done ) &
   # Through a pipe, so that CMD sees no terminal (no colours, no CRLF).
   { sh /run/testhost/cmd.sh </dev/null 2>&1; echo $? >/run/testhost/rc; } | cat >/dev/ttyS1
   sync

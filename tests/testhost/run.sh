@@ -8,7 +8,8 @@
 # Inside: the host's root read-only (9p) with a writable tmpfs overlay, the same
 # working directory, kvm_amd/vhost_vsock/tun/fuse loaded, cgroup2 mounted.
 # CMD's stdout and stderr stream here; its exit code is ours (124 on timeout,
-# 126 when the test host's own kernel hung: soft lockups on its console).
+# 126 when the test host's own kernel hung: soft lockups on its console, or
+# its heartbeat stopped).
 # One vCPU by default: with two, QEMU's multi-threaded TCG under nested SVM
 # was seen to hang the test host (soft lockups on both vCPUs) mid-run.
 # The test host's own console goes to a log, printed when something fails.
@@ -68,6 +69,7 @@ cat "$out/console" &
 catpid=$!
 
 deadline=$(( $(date +%s) + timeout ))
+stall=${COCOON_TESTHOST_STALL_SECS:-180}
 while kill -0 "$qpid" 2>/dev/null; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
     echo "testhost: timed out after ${timeout}s; killing the test host" >&2
@@ -80,6 +82,16 @@ while kill -0 "$qpid" 2>/dev/null; do
   # QEMU TCG and nested SVM): give up now rather than at the deadline.
   if grep -q 'soft lockup' "$out/console.log" 2>/dev/null; then
     echo "testhost: the test host's kernel hung (soft lockup); killing it" >&2
+    kill -9 "$qpid" 2>/dev/null || true
+    wait "$catpid" 2>/dev/null || true
+    tail -20 "$out/console.log" >&2
+    exit 126
+  fi
+  # Seen with one vCPU too: the test host's kernel stops (QEMU idle, no
+  # output, no timers) and would sit there until the deadline. Its init
+  # beats every 5 s; a heartbeat silent for $stall s means it is gone.
+  if [ -f "$out/heartbeat" ] && [ $(( $(date +%s) - $(stat -c %Y "$out/heartbeat") )) -ge "$stall" ]; then
+    echo "testhost: the test host stopped (no heartbeat for ${stall}s); killing it" >&2
     kill -9 "$qpid" 2>/dev/null || true
     wait "$catpid" 2>/dev/null || true
     tail -20 "$out/console.log" >&2
