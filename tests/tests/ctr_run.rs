@@ -111,7 +111,11 @@ impl Containerd {
     }
 
     fn script(&self, verb: &str) -> Output {
-        Command::new(repo().join("tests/ctr/containerd.sh"))
+        // Bounded: a containerd that never answers must fail the test, not
+        // hang the session.
+        Command::new("timeout")
+            .arg("300")
+            .arg(repo().join("tests/ctr/containerd.sh"))
             .arg(verb)
             .arg(&self.dir)
             .envs(self.env.iter().cloned())
