@@ -351,6 +351,76 @@ async fn readonly_rootfs_env_cwd_and_bind_mounts() {
     h.assert_clean();
 }
 
+/// `Name:\tvalue` of a /proc/self/status dump.
+fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .trim()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_ambient_and_user_namespace_reach_the_process() {
+    use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder};
+    let h = Harness::start().await;
+    // Ambient CAP_NET_BIND_SERVICE (bit 10) for uid 1000, inside a user
+    // namespace mapping 0..65536 to 100000..
+    let (status, out, err) = within(h.run(
+        "caps",
+        &["sh", "-c", "cat /proc/self/status /proc/self/uid_map"],
+        |s| {
+            let set = |c: &[Capability]| -> std::collections::HashSet<Capability> {
+                c.iter().copied().collect()
+            };
+            let p = s.process_mut().as_mut().unwrap();
+            p.set_capabilities(Some(
+                LinuxCapabilitiesBuilder::default()
+                    .bounding(set(&[Capability::Chown, Capability::NetBindService]))
+                    .effective(set(&[Capability::Chown, Capability::NetBindService]))
+                    .permitted(set(&[Capability::Chown, Capability::NetBindService]))
+                    .inheritable(set(&[Capability::NetBindService]))
+                    .ambient(set(&[Capability::NetBindService]))
+                    .build()
+                    .unwrap(),
+            ));
+            p.set_user(
+                oci_spec::runtime::UserBuilder::default()
+                    .uid(1000u32)
+                    .gid(1000u32)
+                    .build()
+                    .unwrap(),
+            );
+            let linux = s.linux_mut().as_mut().unwrap();
+            let mut ns = linux.namespaces().clone().unwrap_or_default();
+            ns.push(
+                oci_spec::runtime::LinuxNamespaceBuilder::default()
+                    .typ(oci_spec::runtime::LinuxNamespaceType::User)
+                    .build()
+                    .unwrap(),
+            );
+            linux.set_namespaces(Some(ns));
+            let map = LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(100000u32)
+                .size(65536u32)
+                .build()
+                .unwrap();
+            linux.set_uid_mappings(Some(vec![map]));
+            linux.set_gid_mappings(Some(vec![map]));
+        },
+    ))
+    .await;
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(status_field(&out, "CapAmb"), "0000000000000400", "{out}");
+    assert_eq!(status_field(&out, "CapEff"), "0000000000000400", "{out}");
+    assert_eq!(status_field(&out, "Uid"), "1000\t1000\t1000\t1000");
+    let map: Vec<&str> = out.lines().last().unwrap().split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"], "{out}");
+    h.shutdown().await;
+    h.assert_clean();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_death_exits_every_task_non_zero() {
     let h = Harness::start().await;

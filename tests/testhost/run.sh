@@ -69,7 +69,7 @@ cat "$out/console" &
 catpid=$!
 
 deadline=$(( $(date +%s) + timeout ))
-stall=${COCOON_TESTHOST_STALL_SECS:-180}
+stall=${COCOON_TESTHOST_STALL_SECS:-120}
 while kill -0 "$qpid" 2>/dev/null; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
     echo "testhost: timed out after ${timeout}s; killing the test host" >&2
