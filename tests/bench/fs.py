@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """virtio-fs sequential read bench: cocoon-vmm vs QEMU microvm with vhost-user-fs-device, same virtiofsd.
 
-Each run starts a fresh virtiofsd (the same flags for both peers) on a
+Runs alternate between the peers. Each run starts a fresh virtiofsd (the same flags for both peers) on a
 shared dir holding one file of --mib MiB, boots the devtest init in
 fs-bench mode (cocoon.test=fs-bench), which mounts the share by tag and
 reads the file start to end in 1 MiB reads on that fresh mount (so no page
@@ -82,21 +82,19 @@ def one(name, cmd, mib, timeout):
     return nbytes / (1 << 20) / secs
 
 
-def bench(name, make_cmd, args, tmp, shared):
-    res = []
-    for i in range(args.runs):
-        sock = os.path.join(tmp, f"vfsd-{i}.sock")
-        vfsd = start_virtiofsd(args.virtiofsd, sock, shared, args.cache)
-        try:
-            r = one(name, make_cmd(sock), args.mib, args.timeout)
-        finally:
-            stop(vfsd)
-            if os.path.exists(sock):
-                os.unlink(sock)
-        if r is not None:
-            res.append(r)
-            print(f"bench: {name} run {i + 1}: {r:.1f} MiB/s", file=sys.stderr)
-    return res
+def bench_once(name, make_cmd, args, tmp, shared, i):
+    """One boot of one peer on a fresh virtiofsd; MiB/s or None."""
+    sock = os.path.join(tmp, f"vfsd-{name.split()[0]}-{i}.sock")
+    vfsd = start_virtiofsd(args.virtiofsd, sock, shared, args.cache)
+    try:
+        r = one(name, make_cmd(sock), args.mib, args.timeout)
+    finally:
+        stop(vfsd)
+        if os.path.exists(sock):
+            os.unlink(sock)
+    if r is not None:
+        print(f"bench: {name} run {i + 1}: {r:.1f} MiB/s", file=sys.stderr)
+    return r
 
 
 def main():
@@ -127,7 +125,6 @@ def main():
             return [args.vmm, "--kernel", args.kernel, "--initrd", args.initrd,
                     "--memory", str(MEMORY_MIB), "--cmdline", f"quiet {guest}",
                     "--fs", f"tag={TAG},socket={sock}"]
-        results["cocoon-vmm"] = bench("cocoon-vmm", cocoon, args, tmp, shared)
 
         def qemu(sock):
             return [args.qemu, "-M",
@@ -140,10 +137,17 @@ def main():
                     "-chardev", f"socket,id=vfs,path={sock}",
                     "-device", f"vhost-user-fs-device,chardev=vfs,tag={TAG}",
                     "-append", f"{BASE_CMDLINE} {guest}"]
+        peers = [("cocoon-vmm", "cocoon-vmm", cocoon)]
         if args.qemu:
-            results["qemu"] = bench("qemu vhost-user-fs", qemu, args, tmp, shared)
+            peers.append(("qemu", "qemu vhost-user-fs", qemu))
         else:
             print("bench: no QEMU: cocoon-vmm figures only", file=sys.stderr)
+        # Alternate the peers run by run, so that machine noise hits both.
+        for i in range(args.runs):
+            for key, name, make_cmd in peers:
+                r = bench_once(name, make_cmd, args, tmp, shared, i)
+                if r is not None:
+                    results.setdefault(key, []).append(r)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

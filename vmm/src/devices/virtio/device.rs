@@ -1,7 +1,7 @@
 //! The interface every virtio device implements, and the interrupt a
 //! device raises towards the driver.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -34,6 +34,9 @@ pub enum ActivateError {
 pub struct VirtioInterrupt {
     status: AtomicU32,
     config_generation: AtomicU32,
+    /// The device is in an error state only a reset clears (the transport
+    /// reports DEVICE_NEEDS_RESET in the status register).
+    needs_reset: AtomicBool,
     irq_evt: EventFd,
 }
 
@@ -43,6 +46,7 @@ impl VirtioInterrupt {
         VirtioInterrupt {
             status: AtomicU32::new(0),
             config_generation: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             irq_evt,
         }
     }
@@ -65,6 +69,20 @@ impl VirtioInterrupt {
         self.raise(VIRTIO_MMIO_INT_CONFIG);
     }
 
+    /// The device broke and needs a reset: DEVICE_NEEDS_RESET is reported
+    /// from now on, and the driver gets one configuration-change
+    /// notification (virtio 1.1, 2.1.2). Callable from any device thread.
+    pub fn signal_needs_reset(&self) {
+        if !self.needs_reset.swap(true, Ordering::SeqCst) {
+            self.signal_config_change();
+        }
+    }
+
+    /// Whether the device asked for a reset since the last one.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
     /// The current InterruptStatus value.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
@@ -83,6 +101,7 @@ impl VirtioInterrupt {
     /// Clear the status (device reset).
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 
     /// The EventFd behind the interrupt (for the irqfd registration).

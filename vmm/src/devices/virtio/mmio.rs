@@ -253,6 +253,9 @@ impl MmioTransport {
                     status
                 }
             }
+            // A device that broke on its own thread says so through its
+            // interrupt line.
+            regs::STATUS if self.interrupt.needs_reset() => self.status | DEVICE_NEEDS_RESET,
             regs::STATUS => self.status,
             // No shared memory regions: length all-ones means "absent".
             regs::SHM_LEN_LOW | regs::SHM_LEN_HIGH => u32::MAX,

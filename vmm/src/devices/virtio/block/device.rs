@@ -272,6 +272,9 @@ impl VirtioDevice for Block {
             Ok(false) => {}
             Err(e) => {
                 self.broken = true;
+                if let Some(a) = &self.active {
+                    a.interrupt.signal_needs_reset();
+                }
                 crate::limited!(
                     error,
                     path = %self.disk.path().display(),

@@ -29,6 +29,7 @@ fn image() -> TempFile {
 struct Fixture {
     blk: Block,
     irq: EventFd,
+    interrupt: Arc<VirtioInterrupt>,
     _image: TempFile,
 }
 
@@ -39,11 +40,12 @@ fn activate_with(mem: &GuestMemoryMmap, d: &MockDriver, cfg: impl Fn(&mut BlockC
     let mut blk = Block::new(&c).unwrap();
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().unwrap()));
-    blk.activate(mem.clone(), vec![d.queue()], interrupt)
+    blk.activate(mem.clone(), vec![d.queue()], interrupt.clone())
         .unwrap();
     Fixture {
         blk,
         irq,
+        interrupt,
         _image: image,
     }
 }
@@ -200,6 +202,7 @@ fn assert_breaks(descs: &[RawDescriptor], raw: bool, header: Option<(u32, u64)>)
     let mut f = activate(&mem, &d);
     f.blk.queue_notify(0);
     assert!(f.blk.is_broken(), "{descs:?} was accepted");
+    assert!(f.interrupt.needs_reset(), "DEVICE_NEEDS_RESET not raised");
     assert_eq!(d.used(), vec![(0, 0)]);
     put_header(&mem, VIRTIO_BLK_T_IN, 0);
     d.add(&read_chain(512));

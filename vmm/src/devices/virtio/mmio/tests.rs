@@ -81,6 +81,13 @@ impl VirtioDevice for Dummy {
         Ok(())
     }
     fn queue_notify(&mut self, index: u16) {
+        // Queue 1 stands for a device that breaks on its own thread.
+        if index == 1 {
+            if let Some(irq) = &self.interrupt {
+                irq.signal_needs_reset();
+            }
+            return;
+        }
         let (Some(mem), Some(q)) = (self.mem.as_ref(), self.queues.get_mut(index as usize)) else {
             return;
         };
@@ -359,6 +366,31 @@ fn failed_activation_needs_reset() {
     w32(&mut f.mmio, regs::STATUS, ALL_OK);
     assert!(!f.mmio.is_activated());
     assert_ne!(r32(&mut f.mmio, regs::STATUS) & DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn a_device_that_breaks_reports_needs_reset_once_until_reset() {
+    let mut f = fixture();
+    negotiate(&mut f.mmio, DUMMY_FEATURES | VIRTIO_F_VERSION_1);
+    let q = MockSplitQueue::create(&f.mem, GuestAddress(0x1000), QUEUE_SIZE);
+    setup_queue(&mut f.mmio, 0, &q);
+    w32(&mut f.mmio, regs::STATUS, ALL_OK);
+    assert!(f.mmio.is_activated());
+    assert_eq!(r32(&mut f.mmio, regs::STATUS) & DEVICE_NEEDS_RESET, 0);
+    w32(&mut f.mmio, regs::QUEUE_NOTIFY, 1);
+    assert_eq!(r32(&mut f.mmio, regs::STATUS), ALL_OK | DEVICE_NEEDS_RESET);
+    assert_ne!(
+        r32(&mut f.mmio, regs::INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG,
+        0
+    );
+    assert_eq!(f.irq.read().unwrap(), 1);
+    // Breaking again sends no second notification.
+    w32(&mut f.mmio, regs::QUEUE_NOTIFY, 1);
+    assert_eq!(r32(&mut f.mmio, regs::CONFIG_GENERATION), 1);
+    assert!(f.irq.read().is_err(), "a second config interrupt");
+    // A reset clears it.
+    w32(&mut f.mmio, regs::STATUS, 0);
+    assert_eq!(r32(&mut f.mmio, regs::STATUS), 0);
 }
 
 #[test]

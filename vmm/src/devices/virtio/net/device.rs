@@ -114,6 +114,7 @@ fn run(
         Err(e) => {
             tracing::error!(error = %e, "virtio-net worker cannot set up epoll");
             broken.store(true, Ordering::SeqCst);
+            q.signal_needs_reset();
             return;
         }
     };
@@ -126,6 +127,7 @@ fn run(
             Err(e) => {
                 tracing::error!(error = %e, "virtio-net worker epoll failed");
                 broken.store(true, Ordering::SeqCst);
+                q.signal_needs_reset();
                 return;
             }
         };
@@ -169,6 +171,7 @@ fn run(
         })();
         if let Err(e) = result {
             broken.store(true, Ordering::SeqCst);
+            q.signal_needs_reset();
             crate::limited!(
                 error,
                 tap = q.io.name(),

@@ -81,6 +81,11 @@ pub struct NetQueues<B: FrameIo> {
 }
 
 impl<B: FrameIo> NetQueues<B> {
+    /// The device broke: report DEVICE_NEEDS_RESET to the driver.
+    pub fn signal_needs_reset(&self) {
+        self.interrupt.signal_needs_reset();
+    }
+
     /// Wrap the activated queues.
     pub fn new(
         io: B,

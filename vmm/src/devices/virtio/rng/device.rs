@@ -186,6 +186,9 @@ impl VirtioDevice for Rng {
             Ok(false) => {}
             Err(e) => {
                 self.broken = true;
+                if let Some(a) = &self.active {
+                    a.interrupt.signal_needs_reset();
+                }
                 crate::limited!(
                     error,
                     error = &e as &dyn std::error::Error,

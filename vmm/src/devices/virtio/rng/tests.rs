@@ -13,15 +13,20 @@ use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 struct Fixture {
     rng: Rng,
     irq: EventFd,
+    interrupt: Arc<VirtioInterrupt>,
 }
 
 fn activate(mem: &GuestMemoryMmap, driver: &MockDriver) -> Fixture {
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().unwrap()));
     let mut rng = Rng::new();
-    rng.activate(mem.clone(), vec![driver.queue()], interrupt)
+    rng.activate(mem.clone(), vec![driver.queue()], interrupt.clone())
         .unwrap();
-    Fixture { rng, irq }
+    Fixture {
+        rng,
+        irq,
+        interrupt,
+    }
 }
 
 fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
@@ -94,6 +99,7 @@ fn assert_breaks(descs: &[RawDescriptor], raw: bool) {
     let mut f = activate(&mem, &d);
     f.rng.queue_notify(0);
     assert!(f.rng.is_broken(), "{descs:?} was accepted");
+    assert!(f.interrupt.needs_reset(), "DEVICE_NEEDS_RESET not raised");
     assert_eq!(d.used(), vec![(0, 0)]);
     f.rng.queue_notify(0);
     assert_eq!(

@@ -72,6 +72,11 @@ impl<B: VsockBackend> VsockCore<B> {
         self.broken
     }
 
+    /// The device asked the driver for a reset (DEVICE_NEEDS_RESET).
+    pub fn needs_reset(&self) -> bool {
+        self.interrupt.needs_reset()
+    }
+
     /// The tx queue waits for the backend (rx progress or a drained socket).
     pub fn is_tx_stalled(&self) -> bool {
         self.tx_stalled
@@ -186,6 +191,9 @@ impl<B: VsockBackend> VsockCore<B> {
         used |= self.process_rx();
         if used {
             self.interrupt.signal_used_queue();
+        }
+        if self.broken {
+            self.interrupt.signal_needs_reset();
         }
     }
 

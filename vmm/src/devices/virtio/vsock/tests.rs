@@ -228,8 +228,10 @@ fn a_wild_avail_index_breaks_only_this_device() {
     let (mut core, _irq) = t.core(TestBackend::default());
     let avail = t.avail_addr(TXQ);
     t.mem.write_obj(1000u16, avail.unchecked_add(2)).unwrap();
+    assert!(!core.needs_reset());
     core.process_all();
     assert!(core.is_broken());
+    assert!(core.needs_reset(), "DEVICE_NEEDS_RESET not raised");
     core.process_all();
     assert!(core.backend.sent.is_empty());
 }
