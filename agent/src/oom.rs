@@ -350,42 +350,36 @@ mod tests {
         assert_eq!(seen.load(Ordering::Relaxed), 2);
     }
 
+    /// Watches `file` as container "c"; a v1 watch needs a real cgroup, so
+    /// there the map entry stands in for it.
+    fn watch(w: &OomWatcher, file: &Path) {
+        if w.unified {
+            w.watch_v2("c", file).unwrap();
+        } else {
+            lock(&w.v1).insert(
+                "c".into(),
+                WatchedV1 {
+                    task: tokio::spawn(std::future::pending()),
+                    control: file.to_path_buf(),
+                    kills: Arc::new(AtomicU64::new(0)),
+                },
+            );
+        }
+    }
+
     #[tokio::test]
     async fn unwatch_reports_a_kill_counted_after_the_last_notification() {
         let w = OomWatcher::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("memory.events");
         std::fs::write(&file, "oom 0\noom_kill 0\n").unwrap();
-        if w.unified {
-            w.watch_v2("c", &file).unwrap();
-        } else {
-            // A v1 watch needs a real cgroup; stand in with the map entry.
-            lock(&w.v1).insert(
-                "c".into(),
-                WatchedV1 {
-                    task: tokio::spawn(std::future::pending()),
-                    control: file.clone(),
-                    kills: Arc::new(AtomicU64::new(0)),
-                },
-            );
-        }
+        watch(&w, &file);
         // Nothing new: nothing reported.
         std::fs::write(&file, "oom 1\noom_kill 0\n").unwrap();
         w.unwatch("c");
         assert!(w.rx.lock().await.try_recv().is_err());
         // Counted, then removed before the watcher looked.
-        if w.unified {
-            w.watch_v2("c", &file).unwrap();
-        } else {
-            lock(&w.v1).insert(
-                "c".into(),
-                WatchedV1 {
-                    task: tokio::spawn(std::future::pending()),
-                    control: file.clone(),
-                    kills: Arc::new(AtomicU64::new(0)),
-                },
-            );
-        }
+        watch(&w, &file);
         std::fs::write(&file, "oom 2\noom_kill 1\n").unwrap();
         w.unwatch("c");
         assert!(!w.drain(std::time::Duration::from_millis(20)).await);
