@@ -37,7 +37,7 @@ command -v qemu-system-x86_64 >/dev/null || { echo "testhost: qemu-system-x86_64
 
 out=$(mktemp -d /tmp/cocoon-testhost.XXXXXX)
 qpid=""
-cleanup() { [ -n "$qpid" ] && kill -9 "$qpid" 2>/dev/null; rm -rf "$out"; }
+cleanup() { local rc=$?; if [ -n "$qpid" ]; then kill -9 "$qpid" 2>/dev/null || true; fi; rm -rf "$out"; exit "$rc"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
