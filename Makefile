@@ -26,6 +26,7 @@ help:
 
 deps:
 	@scripts/deps.sh
+	@scripts/target-cache.sh
 
 build:
 	$(CARGO) build --workspace --quiet

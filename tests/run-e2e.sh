@@ -99,25 +99,56 @@ if [ "${COCOON_E2E_AGENT:-}" = 1 ]; then
   [ ${#agent[@]} -eq 0 ] || session agent "${agent[@]}"
 fi
 
+# In the test host each session boots its own test host (one vCPU each), so
+# sessions run side by side, COCOON_E2E_JOBS at a time (default: one per
+# host core, at most 2), longest first; each one's output is printed when
+# it ends. A session that failed through the test host itself (124 timeout,
+# 125 no exit code, 126 hung kernel), not through a test, runs again (twice
+# at most).
+run_session() { # NAME
+  local n=$1 attempt rc=0
+  for attempt in 1 2 3; do
+    rc=0; tests/testhost/run.sh --timeout 1200 -- bash "build/e2e-$n.sh" || rc=$?
+    case "$rc" in
+      124|125|126) [ "$attempt" -lt 3 ] && echo "e2e: the test host failed ($rc) during '$n'; running that group again" >&2 ;;
+      *) break ;;
+    esac
+  done
+  return "$rc"
+}
 failed=()
 case "$kind" in
   vmx|svm)
     echo "e2e: host KVM is hardware ($kind): running the end-to-end tests directly"
     for n in "${sessions[@]}"; do bash "build/e2e-$n.sh" || failed+=("$n"); done ;;
   *)
-    echo "e2e: host KVM is '$kind', which cannot boot Linux at speed: running the end-to-end tests inside the nested test host (QEMU TCG, emulated AMD SVM), one session per group: ${sessions[*]}"
-    for n in "${sessions[@]}"; do
-      # 124/125/126 mean the test host itself failed (timeout, no exit
-      # code, hung kernel), not a test: run that group again (twice at most).
-      for attempt in 1 2 3; do
-        rc=0; tests/testhost/run.sh --timeout 1200 -- bash "build/e2e-$n.sh" || rc=$?
-        case "$rc" in
-          124|125|126) [ "$attempt" -lt 3 ] && echo "e2e: the test host failed ($rc) during '$n'; running that group again" >&2 ;;
-          *) break ;;
-        esac
-      done
-      [ "$rc" = 0 ] || failed+=("$n")
-    done ;;
+    jobs=${COCOON_E2E_JOBS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
+    echo "e2e: host KVM is '$kind', which cannot boot Linux at speed: running the end-to-end tests inside the nested test host (QEMU TCG, emulated AMD SVM), one test host per group, $jobs at a time: ${sessions[*]}"
+    order=()
+    for n in ctr shim devices agent; do [[ " ${sessions[*]} " == *" $n "* ]] && order+=("$n"); done
+    for n in "${sessions[@]}"; do [[ " ${order[*]} " == *" $n "* ]] || order+=("$n"); done
+    declare -A name_of=() start_of=()
+    t0=$(date +%s)
+    ( while sleep 60; do echo "e2e: $(( $(date +%s) - t0 )) s, sessions still running"; done ) &
+    ticker=$!
+    trap 'kill "$ticker" 2>/dev/null || true' EXIT
+    finish() { # PID RC
+      local n=${name_of[$1]}
+      echo; echo "##### e2e session '$n' ended (exit $2) after $(( $(date +%s) - ${start_of[$1]} )) s; its output:"
+      cat "build/e2e-$n.log"
+      [ "$2" = 0 ] || failed+=("$n")
+      unset "name_of[$1]"
+    }
+    reap() { local pid rc=0; wait -n -p pid "${!name_of[@]}" || rc=$?; finish "$pid" "$rc"; }
+    for n in "${order[@]}"; do
+      while [ ${#name_of[@]} -ge "$jobs" ]; do reap; done
+      run_session "$n" >"build/e2e-$n.log" 2>&1 &
+      name_of[$!]=$n; start_of[$!]=$(date +%s)
+      echo "e2e: session '$n' started (its output: build/e2e-$n.log)"
+    done
+    while [ ${#name_of[@]} -gt 0 ]; do reap; done
+    kill "$ticker" 2>/dev/null || true
+    echo "e2e: the test-host sessions took $(( $(date +%s) - t0 )) s" ;;
 esac
 if [ ${#failed[@]} -gt 0 ]; then
   echo "e2e: failed: ${failed[*]}" >&2

@@ -277,10 +277,14 @@ mod tests {
     use super::*;
     use crate::arch::x86_64::layout::MMIO_HOLE_START;
 
-    fn temp(name: &str, bytes: &[u8]) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("cocoon-boot-{}-{name}", std::process::id()));
-        std::fs::write(&path, bytes).unwrap();
-        path
+    /// A file with these bytes, removed when the returned path is dropped.
+    fn temp(name: &str, bytes: &[u8]) -> tempfile::TempPath {
+        let mut file = tempfile::Builder::new()
+            .prefix(&format!("cocoon-boot-{name}-"))
+            .tempfile()
+            .unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        file.into_temp_path()
     }
 
     fn mem() -> GuestMemoryMmap {

@@ -112,10 +112,14 @@ fn cpu_flags(cpuinfo: &Path) -> Option<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn fixture(name: &str, kvm: bool, pvm: bool, flags: &str) -> ProbePaths {
-        let dir = std::env::temp_dir().join(format!("cocoon-probe-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+    /// Probe inputs in a directory that is removed when the first element
+    /// of the pair is dropped.
+    fn fixture(name: &str, kvm: bool, pvm: bool, flags: &str) -> (tempfile::TempDir, ProbePaths) {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("cocoon-probe-{name}-"))
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         let dev_kvm = dir.join("kvm");
         if kvm {
             fs::write(&dev_kvm, b"").unwrap();
@@ -126,33 +130,36 @@ mod tests {
         }
         let cpuinfo = dir.join("cpuinfo");
         fs::write(&cpuinfo, format!("processor\t: 0\nflags\t\t: {flags}\n")).unwrap();
-        ProbePaths {
-            dev_kvm,
-            pvm_module,
-            cpuinfo,
-        }
+        (
+            tmp,
+            ProbePaths {
+                dev_kvm,
+                pvm_module,
+                cpuinfo,
+            },
+        )
     }
 
     #[test]
     fn detects_each_flavour() {
         assert_eq!(
-            probe_with(&fixture("vmx", true, false, "fpu vmx sse")),
+            probe_with(&fixture("vmx", true, false, "fpu vmx sse").1),
             KvmFlavor::HardwareVmx
         );
         assert_eq!(
-            probe_with(&fixture("svm", true, false, "fpu svm")),
+            probe_with(&fixture("svm", true, false, "fpu svm").1),
             KvmFlavor::HardwareSvm
         );
         assert_eq!(
-            probe_with(&fixture("pvm", true, true, "fpu svm")),
+            probe_with(&fixture("pvm", true, true, "fpu svm").1),
             KvmFlavor::Pvm
         );
         assert_eq!(
-            probe_with(&fixture("sw", true, false, "fpu sse")),
+            probe_with(&fixture("sw", true, false, "fpu sse").1),
             KvmFlavor::SoftwareUnknown
         );
         assert_eq!(
-            probe_with(&fixture("none", false, false, "fpu")),
+            probe_with(&fixture("none", false, false, "fpu").1),
             KvmFlavor::Missing
         );
     }

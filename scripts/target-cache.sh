@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Cargo's build outputs, kept outside the clone like the guest kernel: a
+# checkout with no target directory of its own gets `target` as a symlink to
+# $COCOON_CACHE/cargo-target (default /var/cache/cocoon), so a fresh clone
+# reuses the compiled crates.io dependencies of the previous one and builds
+# only its own crates. A checkout that already has a real target directory
+# keeps it; COCOON_TARGET_CACHE=0 turns this off.
+#
+# Safety: cargo decides whether a workspace crate is fresh by comparing its
+# sources' mtimes with its outputs'; across checkouts that could take another
+# checkout's newer outputs for this one's older sources. So when the cache
+# was last used by a different checkout, this one's tracked files are touched
+# first: its crates are rebuilt, the dependencies (keyed by version and
+# flags) are not. One checkout at a time per cache.
+# The cache is emptied when it grows past COCOON_TARGET_CACHE_MAX_GB (40).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "${COCOON_TARGET_CACHE:-1}" != 0 ] || exit 0
+if [ -e target ] && [ ! -L target ]; then exit 0; fi
+
+cache=${COCOON_CACHE:-/var/cache/cocoon}/cargo-target
+mkdir -p "$cache" 2>/dev/null || { echo "[cache] cannot create $cache; building into ./target" >&2; exit 0; }
+[ "$(readlink target 2>/dev/null)" = "$cache" ] || ln -sfn "$cache" target
+
+max_gb=${COCOON_TARGET_CACHE_MAX_GB:-40}
+used_gb=$(( $(du -sk "$cache" 2>/dev/null | cut -f1) / 1024 / 1024 ))
+if [ "$used_gb" -ge "$max_gb" ]; then
+  echo "[cache] $cache holds ${used_gb} GiB (limit ${max_gb}): emptying it"
+  find "$cache" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+fi
+
+# This checkout: its path and the inode of its .git (a new clone at the same
+# path is a different checkout).
+me="$(pwd -P) $(stat -c %i .git)"
+if [ "$(cat "$cache/.cocoon-owner" 2>/dev/null)" != "$me" ]; then
+  if [ -s "$cache/.cocoon-owner" ]; then
+    echo "[cache] $cache was last used by another checkout: rebuilding this checkout's crates, reusing the dependencies"
+  else
+    echo "[cache] cargo outputs go to $cache (reused by later clones; COCOON_TARGET_CACHE=0 to keep them in ./target)"
+  fi
+  git ls-files -z | xargs -0 touch -c --
+  printf '%s\n' "$me" >"$cache/.cocoon-owner"
+fi
