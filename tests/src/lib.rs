@@ -1,6 +1,7 @@
 //! Helpers for cocoon's end-to-end tests: where the built artefacts are, and
 //! running a process with a deadline while capturing its output.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
@@ -43,6 +44,42 @@ impl Artifacts {
             agent_initrd: get("COCOON_AGENT_INITRD"),
         }
     }
+
+    /// The VMM arguments that boot the test-mode init (rootfs/devtest-init)
+    /// with `cmdline` (which names the checks: `cocoon.test=...`).
+    pub fn devtest_args(&self, cmdline: &str) -> Vec<OsString> {
+        vec![
+            "--kernel".into(),
+            self.kernel.clone().into(),
+            "--initrd".into(),
+            self.devtest_initrd.clone().into(),
+            "--cmdline".into(),
+            cmdline.into(),
+        ]
+    }
+
+    /// `cocoon-vmm` booting the test-mode init; add the devices under test.
+    pub fn devtest_vmm(&self, cmdline: &str) -> Command {
+        let mut cmd = Command::new(&self.vmm);
+        cmd.args(self.devtest_args(cmdline));
+        cmd
+    }
+}
+
+/// Asserts that a test-mode guest finished in time, reported exactly one
+/// check, `check`, as passed, printed `cocoon-devtest: done` and exited 0.
+/// Returns the check's detail.
+pub fn assert_devtest_passed(f: &Finished, check: &str) -> String {
+    assert!(!f.timed_out, "the guest did not finish:\n{}", f.describe());
+    let (verdicts, done) = devtest_report(&f.stdout);
+    let detail = match verdicts.as_slice() {
+        [(name, CheckVerdict::Ok(detail))] if name == check => detail.clone(),
+        _ => panic!("{check} check: {verdicts:?}\n{}", f.describe()),
+    };
+    assert!(done, "no 'cocoon-devtest: done':\n{}", f.describe());
+    assert_eq!(f.status.code(), Some(0), "{}", f.describe());
+    println!("{check}: ok: {detail} in {:?}", f.elapsed);
+    detail
 }
 
 /// The verdict the test-mode init printed for one check.

@@ -179,6 +179,40 @@ impl Containerd {
         self.ctr(&a)
     }
 
+    /// `ctr run -d ... ID sleep 1000`: a long-running container, detached.
+    fn run_detached(&self, id: &str) {
+        let (rc, _, err) = self.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]);
+        assert_eq!(rc, 0, "ctr run -d {id}: {err}");
+    }
+
+    /// Polls `ctr task ls` until a task is STOPPED (60 s at most).
+    fn wait_stopped(&self, why: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.ctr(&["task", "ls"]).1.contains("STOPPED") {
+            assert!(Instant::now() < deadline, "no STOPPED task: {why}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ctr task rm` and `ctr container rm`, both required to succeed.
+    fn remove(&self, id: &str) {
+        assert_eq!(self.ctr(&["task", "rm", id]).0, 0, "ctr task rm {id}");
+        assert_eq!(
+            self.ctr(&["container", "rm", id]).0,
+            0,
+            "ctr container rm {id}"
+        );
+    }
+
     /// Nothing of ours is left: pod dirs, mounts, helper processes.
     fn assert_clean(&self) {
         let pods: Vec<_> = std::fs::read_dir(&self.run_dir)
@@ -249,17 +283,7 @@ fn ctr_env_cwd_and_readonly_rootfs() {
 fn ctr_exec_ps_pause_resume_metrics_and_kill() {
     require_supported_vmm!();
     let c = Containerd::start("exec");
-    let (rc, _, err) = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "svc",
-        "sleep",
-        "1000",
-    ]);
-    assert_eq!(rc, 0, "{err}");
+    c.run_detached("svc");
     let (rc, out, err) = c.ctr(&[
         "task",
         "exec",
@@ -282,13 +306,8 @@ fn ctr_exec_ps_pause_resume_metrics_and_kill() {
     assert_eq!(rc, 0, "ctr task metrics: {err}");
     assert!(out.contains("pids.current"), "{out}");
     assert_eq!(c.ctr(&["task", "kill", "-s", "SIGKILL", "svc"]).0, 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !c.ctr(&["task", "ls"]).1.contains("STOPPED") {
-        assert!(Instant::now() < deadline, "task did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(c.ctr(&["task", "rm", "svc"]).0, 0);
-    assert_eq!(c.ctr(&["container", "rm", "svc"]).0, 0);
+    c.wait_stopped("after SIGKILL");
+    c.remove("svc");
     std::thread::sleep(Duration::from_millis(500));
     c.assert_clean();
 }
@@ -308,17 +327,7 @@ fn ctr_many_containers_in_sequence_leave_nothing() {
 fn ctr_killed_pod_gives_an_exit_and_a_clean_state() {
     require_supported_vmm!();
     let c = Containerd::start("kill");
-    let (rc, _, err) = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "victim",
-        "sleep",
-        "1000",
-    ]);
-    assert_eq!(rc, 0, "{err}");
+    c.run_detached("victim");
     // The task pid is the pod's VMM (or local agent): kill it.
     let (_, out, _) = c.ctr(&["task", "ls"]);
     let pid: i32 = out
@@ -329,16 +338,8 @@ fn ctr_killed_pod_gives_an_exit_and_a_clean_state() {
         .unwrap_or_else(|| panic!("no pid in {out}"));
     // SAFETY: kill(2) on a pid we just read; no memory is involved.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !c.ctr(&["task", "ls"]).1.contains("STOPPED") {
-        assert!(
-            Instant::now() < deadline,
-            "no exit after the pod was killed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(c.ctr(&["task", "rm", "victim"]).0, 0);
-    assert_eq!(c.ctr(&["container", "rm", "victim"]).0, 0);
+    c.wait_stopped("after the pod was killed");
+    c.remove("victim");
     std::thread::sleep(Duration::from_millis(500));
     c.assert_clean();
 }
@@ -347,17 +348,7 @@ fn ctr_killed_pod_gives_an_exit_and_a_clean_state() {
 fn ctr_killed_shim_is_cleaned_up_by_the_delete_command() {
     require_supported_vmm!();
     let c = Containerd::start("shimkill");
-    let (rc, _, err) = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "orphan",
-        "sleep",
-        "1000",
-    ]);
-    assert_eq!(rc, 0, "{err}");
+    c.run_detached("orphan");
     let pg = Command::new("pgrep")
         .args([
             "-f",
@@ -384,6 +375,22 @@ fn ctr_killed_shim_is_cleaned_up_by_the_delete_command() {
     let _ = c.ctr(&["task", "rm", "orphan"]);
     assert_eq!(c.ctr(&["container", "rm", "orphan"]).0, 0);
     c.assert_clean();
+}
+
+/// Waits for a child process, failing the test with `why` after `limit`.
+fn wait_child(
+    child: &mut std::process::Child,
+    limit: Duration,
+    why: &str,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Reads a child's pipe line by line in the background.
@@ -427,14 +434,11 @@ fn ctr_task_kill_sigterm_reaches_the_container() {
     assert_eq!(first.as_deref(), Ok("ready"), "no ready line");
     let (rc, _, err) = c.ctr(&["task", "kill", "trapper"]);
     assert_eq!(rc, 0, "ctr task kill (SIGTERM): {err}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = run.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "SIGTERM did not end the task");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_child(
+        &mut run,
+        Duration::from_secs(60),
+        "SIGTERM did not end the task",
+    );
     assert_eq!(status.code(), Some(7), "the trap's exit status");
     assert_eq!(out.recv().as_deref(), Ok("got-term"));
     std::thread::sleep(Duration::from_millis(500));
@@ -486,14 +490,7 @@ fn ctr_run_t_gives_the_container_a_terminal() {
         .spawn()
         .unwrap();
     let out = lines_of(master);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(s) = run.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "ctr run -t did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_child(&mut run, Duration::from_secs(180), "ctr run -t did not end");
     // The pty's master reads EIO once the last slave fd is gone.
     let text: Vec<String> = out.iter().collect();
     let text = text.join("\n");

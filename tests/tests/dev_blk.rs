@@ -3,8 +3,7 @@
 //! it) and writes a pattern to the second, which the host checks here.
 #![cfg(feature = "e2e")]
 
-use cocoon_e2e::{devtest_report, run_with_deadline, Artifacts, CheckVerdict};
-use std::path::PathBuf;
+use cocoon_e2e::{assert_devtest_passed, run_with_deadline, Artifacts};
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,29 +21,19 @@ const RW_OFFSET: u64 = 3 * 4096 + 512;
 const FILL: u8 = 0xee;
 
 /// A temp directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("cocoon-e2e-blk-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("cocoon-e2e-blk-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
 fn guest_reads_read_only_disk_and_writes_read_write_disk() {
     let a = Artifacts::from_env();
-    let dir = TempDir::new("io");
-    let ro = dir.0.join("ro.img");
-    let rw = dir.0.join("rw.img");
+    let dir = temp_dir("io");
+    let ro = dir.path().join("ro.img");
+    let rw = dir.path().join("rw.img");
     let ro_bytes: Vec<u8> = (0..RO_BYTES).map(|i| pattern(RO_SEED, i)).collect();
     std::fs::write(&ro, &ro_bytes).unwrap();
     std::fs::write(&rw, vec![FILL; RW_DISK as usize]).unwrap();
@@ -54,28 +43,14 @@ fn guest_reads_read_only_disk_and_writes_read_write_disk() {
          cocoon.blk.ro_bytes={RO_BYTES} cocoon.blk.ro_seed={RO_SEED} cocoon.blk.ro_id=cocoon-ro \
          cocoon.blk.rw_seed={RW_SEED} cocoon.blk.rw_offset={RW_OFFSET} cocoon.blk.rw_bytes={RW_BYTES}"
     );
-    let mut cmd = Command::new(&a.vmm);
-    cmd.arg("--kernel")
-        .arg(&a.kernel)
-        .arg("--initrd")
-        .arg(&a.devtest_initrd)
-        .args(["--memory", "128"])
+    let mut cmd = a.devtest_vmm(&cmdline);
+    cmd.args(["--memory", "128"])
         .arg("--block")
         .arg(format!("path={},readonly=on,id=cocoon-ro", ro.display()))
         .arg("--block")
-        .arg(format!("path={}", rw.display()))
-        .arg("--cmdline")
-        .arg(&cmdline);
+        .arg(format!("path={}", rw.display()));
     let f = run_with_deadline(cmd, Duration::from_secs(180));
-    let (verdicts, done) = devtest_report(&f.stdout);
-    assert!(!f.timed_out, "the guest did not finish:\n{}", f.describe());
-    assert!(
-        matches!(verdicts.as_slice(), [(name, CheckVerdict::Ok(_))] if name == "blk"),
-        "blk check: {verdicts:?}\n{}",
-        f.describe()
-    );
-    assert!(done, "no 'cocoon-devtest: done':\n{}", f.describe());
-    assert_eq!(f.status.code(), Some(0), "{}", f.describe());
+    assert_devtest_passed(&f, "blk");
 
     assert_eq!(
         std::fs::read(&ro).unwrap(),
@@ -98,19 +73,21 @@ fn guest_reads_read_only_disk_and_writes_read_write_disk() {
         let at = RW_OFFSET + i as u64;
         assert_eq!(b, pattern(RW_SEED, at), "rw image byte {at}");
     }
-    println!("blk: {verdicts:?} in {:?}", f.elapsed);
 }
 
 #[test]
 fn missing_or_bad_backing_files_are_clear_errors() {
     let a = Artifacts::from_env();
-    let dir = TempDir::new("errors");
+    let dir = temp_dir("errors");
     let cases = [
         (
-            format!("path={}", dir.0.join("nope.img").display()),
+            format!("path={}", dir.path().join("nope.img").display()),
             "does not exist",
         ),
-        (format!("path={}", dir.0.display()), "not a regular file"),
+        (
+            format!("path={}", dir.path().display()),
+            "not a regular file",
+        ),
         ("path=/x,readonly=bogus".to_string(), "not on or off"),
     ];
     for (spec, want) in cases {

@@ -3,7 +3,7 @@
 //! writing one the host then checks.
 #![cfg(feature = "e2e")]
 
-use cocoon_e2e::{devtest_report, run_with_deadline, Artifacts, CheckVerdict};
+use cocoon_e2e::{assert_devtest_passed, run_with_deadline, Artifacts};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,12 +106,8 @@ impl Drop for Share {
 }
 
 fn vmm(a: &Artifacts, cmdline: &str, fs: &str) -> Command {
-    let mut cmd = Command::new(&a.vmm);
-    cmd.arg("--kernel")
-        .arg(&a.kernel)
-        .arg("--initrd")
-        .arg(&a.devtest_initrd)
-        .args(["--memory", "256", "--cmdline", cmdline, "--fs", fs]);
+    let mut cmd = a.devtest_vmm(cmdline);
+    cmd.args(["--memory", "256", "--fs", fs]);
     cmd
 }
 
@@ -129,14 +125,7 @@ fn guest_reads_and_writes_the_share() {
     );
     let fs = format!("tag={TAG},socket={}", share.socket.display());
     let f = run_with_deadline(vmm(&a, &cmdline, &fs), BOOT_DEADLINE);
-    assert!(!f.timed_out, "the guest did not finish:\n{}", f.describe());
-    let (verdicts, done) = devtest_report(&f.stdout);
-    assert!(done, "no 'cocoon-devtest: done':\n{}", f.describe());
-    match verdicts.iter().find(|(n, _)| n == "fs") {
-        Some((_, CheckVerdict::Ok(detail))) => println!("fs ok: {detail} in {:?}", f.elapsed),
-        other => panic!("fs check: {other:?}\n{}", f.describe()),
-    }
-    assert_eq!(f.status.code(), Some(0), "{}", f.describe());
+    assert_devtest_passed(&f, "fs");
     let written = std::fs::read(share.shared().join("guest.txt")).expect("the guest's file");
     assert_eq!(written, GUEST_CONTENT);
     share.stop_virtiofsd();

@@ -5,7 +5,7 @@
 //! echoed back. The namespace (and with it the TAP) is deleted afterwards.
 #![cfg(feature = "e2e")]
 
-use cocoon_e2e::{devtest_report, run_with_deadline, Artifacts, CheckVerdict};
+use cocoon_e2e::{assert_devtest_passed, run_with_deadline, Artifacts};
 use std::net::UdpSocket;
 use std::os::unix::io::AsRawFd;
 use std::process::Command;
@@ -125,32 +125,18 @@ fn guest_exchanges_udp_with_the_host_over_a_tap() {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns.0])
         .arg(&a.vmm)
-        .arg("--kernel")
-        .arg(&a.kernel)
-        .arg("--initrd")
-        .arg(&a.devtest_initrd)
+        .args(a.devtest_args(&cmdline))
         .args(["--memory", "128"])
         .arg("--net")
-        .arg(format!("tap={TAP},mac={MAC}"))
-        .arg("--cmdline")
-        .arg(&cmdline);
+        .arg(format!("tap={TAP},mac={MAC}"));
     let f = run_with_deadline(cmd, Duration::from_secs(180));
     stop.store(true, Ordering::SeqCst);
     echo.join().unwrap();
-    let (verdicts, done) = devtest_report(&f.stdout);
-    assert!(!f.timed_out, "the guest did not finish:\n{}", f.describe());
-    assert!(
-        matches!(verdicts.as_slice(), [(name, CheckVerdict::Ok(_))] if name == "net"),
-        "net check: {verdicts:?}\n{}",
-        f.describe()
-    );
-    assert!(done, "no 'cocoon-devtest: done':\n{}", f.describe());
-    assert_eq!(f.status.code(), Some(0), "{}", f.describe());
+    assert_devtest_passed(&f, "net");
     assert!(
         echoed.load(Ordering::SeqCst) >= 1,
         "the host saw no datagram"
     );
-    println!("net: {verdicts:?} in {:?}", f.elapsed);
 }
 
 #[test]

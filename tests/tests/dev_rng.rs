@@ -2,29 +2,14 @@
 //! which must be served by the virtio_rng driver.
 #![cfg(feature = "e2e")]
 
-use cocoon_e2e::{devtest_report, run_with_deadline, Artifacts, CheckVerdict};
-use std::process::Command;
+use cocoon_e2e::{assert_devtest_passed, run_with_deadline, Artifacts};
 use std::time::Duration;
 
 #[test]
 fn guest_reads_hwrng_from_virtio_rng() {
     let a = Artifacts::from_env();
-    let mut cmd = Command::new(&a.vmm);
-    cmd.arg("--kernel")
-        .arg(&a.kernel)
-        .arg("--initrd")
-        .arg(&a.devtest_initrd)
-        .args(["--memory", "128", "--rng"])
-        .args(["--cmdline", "quiet cocoon.test=rng cocoon.rng.bytes=64"]);
+    let mut cmd = a.devtest_vmm("quiet cocoon.test=rng cocoon.rng.bytes=64");
+    cmd.args(["--memory", "128", "--rng"]);
     let f = run_with_deadline(cmd, Duration::from_secs(180));
-    let (verdicts, done) = devtest_report(&f.stdout);
-    assert!(!f.timed_out, "the guest did not finish:\n{}", f.describe());
-    assert!(
-        matches!(verdicts.as_slice(), [(name, CheckVerdict::Ok(_))] if name == "rng"),
-        "rng check: {verdicts:?}\n{}",
-        f.describe()
-    );
-    assert!(done, "no 'cocoon-devtest: done':\n{}", f.describe());
-    assert_eq!(f.status.code(), Some(0), "{}", f.describe());
-    println!("rng: {verdicts:?} in {:?}", f.elapsed);
+    assert_devtest_passed(&f, "rng");
 }

@@ -12,27 +12,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cocoon_e2e::{devtest_report, run_with_deadline, Artifacts, CheckVerdict};
+use cocoon_e2e::{assert_devtest_passed, run_with_deadline, Artifacts};
 
 const DEADLINE: Duration = Duration::from_secs(240);
 const ECHO_PORT: u32 = 52;
 const GUEST_PORT: u32 = 5000;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("cocoon-vsock-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A temp directory removed on drop.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("cocoon-vsock-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Echo every connection on `<uds>_52` until `stop`; counts echoed bytes.
@@ -120,8 +111,8 @@ fn host_client(uds: PathBuf, stop: Arc<AtomicBool>) -> JoinHandle<Result<String,
 #[test]
 fn vsock_echo_and_host_connection() {
     let a = Artifacts::from_env();
-    let dir = TempDir::new("echo");
-    let uds = dir.0.join("v.sock");
+    let dir = temp_dir("echo");
+    let uds = dir.path().join("v.sock");
     let stop = Arc::new(AtomicBool::new(false));
     let echoed = Arc::new(AtomicUsize::new(0));
     let echo = echo_server(
@@ -131,16 +122,10 @@ fn vsock_echo_and_host_connection() {
     );
     let client = host_client(uds.clone(), stop.clone());
 
-    let mut cmd = Command::new(&a.vmm);
-    cmd.arg("--kernel")
-        .arg(&a.kernel)
-        .arg("--initrd")
-        .arg(&a.devtest_initrd)
-        .arg("--cmdline")
-        .arg(format!(
-            "quiet cocoon.test=vsock cocoon.vsock.port={ECHO_PORT} cocoon.vsock.listen={GUEST_PORT}"
-        ))
-        .arg("--vsock")
+    let mut cmd = a.devtest_vmm(&format!(
+        "quiet cocoon.test=vsock cocoon.vsock.port={ECHO_PORT} cocoon.vsock.listen={GUEST_PORT}"
+    ));
+    cmd.arg("--vsock")
         .arg(format!("cid=3,uds={}", uds.display()));
     let start = Instant::now();
     let f = run_with_deadline(cmd, DEADLINE);
@@ -149,15 +134,7 @@ fn vsock_echo_and_host_connection() {
     echo.join().unwrap();
     println!("vsock e2e took {:?}", start.elapsed());
 
-    assert!(!f.timed_out, "the guest did not finish:\n{}", f.describe());
-    let (verdicts, done) = devtest_report(&f.stdout);
-    let vsock = verdicts.iter().find(|(n, _)| n == "vsock");
-    match vsock {
-        Some((_, CheckVerdict::Ok(detail))) => println!("guest: vsock ok: {detail}"),
-        other => panic!("vsock check: {other:?}\n{}", f.describe()),
-    }
-    assert!(done, "no 'cocoon-devtest: done':\n{}", f.describe());
-    assert_eq!(f.status.code(), Some(0), "{}", f.describe());
+    assert_devtest_passed(&f, "vsock");
     let host = host.unwrap_or_else(|e| panic!("{e}\n{}", f.describe()));
     println!("host: {host}");
     assert_eq!(echoed.load(Ordering::SeqCst), 1 << 20);
@@ -170,19 +147,19 @@ fn vsock_echo_and_host_connection() {
 #[test]
 fn vsock_flag_errors_name_the_problem() {
     let a = Artifacts::from_env();
-    let dir = TempDir::new("flags");
+    let dir = temp_dir("flags");
     let run = |arg: String| {
         let mut cmd = Command::new(&a.vmm);
         cmd.arg("--kernel").arg(&a.kernel).arg("--vsock").arg(arg);
         run_with_deadline(cmd, Duration::from_secs(60))
     };
-    let f = run(format!("cid=3,uds={}/missing/v.sock", dir.0.display()));
+    let f = run(format!("cid=3,uds={}/missing/v.sock", dir.path().display()));
     assert_eq!(f.status.code(), Some(1), "{}", f.describe());
     assert!(f.stderr.contains("does not exist"), "{}", f.describe());
     let f = run("cid=1,uds=/tmp/x.sock".into());
     assert_eq!(f.status.code(), Some(1), "{}", f.describe());
     assert!(f.stderr.contains("reserved"), "{}", f.describe());
-    let file = dir.0.join("plain");
+    let file = dir.path().join("plain");
     std::fs::write(&file, b"x").unwrap();
     let f = run(format!("cid=3,uds={}", file.display()));
     assert_eq!(f.status.code(), Some(1), "{}", f.describe());

@@ -78,6 +78,23 @@ impl VirtioInterrupt {
         }
     }
 
+    /// After a pass over a queue: interrupt the driver if buffers were
+    /// used; on an error raise DEVICE_NEEDS_RESET and hand the error back,
+    /// for the device to stop serving and log it with its own context.
+    pub fn after_queue_pass<E>(&self, pass: Result<bool, E>) -> Result<(), E> {
+        match pass {
+            Ok(true) => {
+                self.signal_used_queue();
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                self.signal_needs_reset();
+                Err(e)
+            }
+        }
+    }
+
     /// Whether the device asked for a reset since the last one.
     pub fn needs_reset(&self) -> bool {
         self.needs_reset.load(Ordering::SeqCst)
@@ -178,5 +195,26 @@ mod tests {
         assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
         irq.reset();
         assert_eq!(irq.status(), 0);
+    }
+
+    #[test]
+    fn after_queue_pass_interrupts_only_for_used_buffers_and_breaks_on_errors() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let irq = VirtioInterrupt::new(evt.try_clone().unwrap());
+        assert_eq!(
+            irq.after_queue_pass::<std::io::Error>(Ok(false)).ok(),
+            Some(())
+        );
+        assert_eq!(irq.status(), 0);
+        assert!(evt.read().is_err(), "no interrupt when nothing was used");
+        assert!(irq.after_queue_pass::<std::io::Error>(Ok(true)).is_ok());
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING);
+        assert_eq!(evt.read().unwrap(), 1);
+        irq.ack(VIRTIO_MMIO_INT_VRING);
+        let err = irq.after_queue_pass(Err(std::io::Error::other("bad chain")));
+        assert_eq!(err.unwrap_err().to_string(), "bad chain");
+        assert!(irq.needs_reset());
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(irq.config_generation(), 1);
     }
 }

@@ -263,25 +263,19 @@ impl VirtioDevice for Block {
             crate::limited!(debug, "virtio-blk is broken; notify ignored until reset");
             return;
         }
-        match self.process_queue() {
-            Ok(true) => {
-                if let Some(a) = &self.active {
-                    a.interrupt.signal_used_queue();
-                }
-            }
-            Ok(false) => {}
-            Err(e) => {
-                self.broken = true;
-                if let Some(a) = &self.active {
-                    a.interrupt.signal_needs_reset();
-                }
-                crate::limited!(
-                    error,
-                    path = %self.disk.path().display(),
-                    error = &e as &dyn std::error::Error,
-                    "virtio-blk stopped: the device needs a reset"
-                );
-            }
+        let pass = self.process_queue();
+        let pass = match &self.active {
+            Some(a) => a.interrupt.after_queue_pass(pass),
+            None => pass.map(drop),
+        };
+        if let Err(e) = pass {
+            self.broken = true;
+            crate::limited!(
+                error,
+                path = %self.disk.path().display(),
+                error = &e as &dyn std::error::Error,
+                "virtio-blk stopped: the device needs a reset"
+            );
         }
     }
 

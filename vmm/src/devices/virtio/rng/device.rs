@@ -177,24 +177,18 @@ impl VirtioDevice for Rng {
             crate::limited!(debug, "virtio-rng is broken; notify ignored until reset");
             return;
         }
-        match self.process_queue() {
-            Ok(true) => {
-                if let Some(a) = &self.active {
-                    a.interrupt.signal_used_queue();
-                }
-            }
-            Ok(false) => {}
-            Err(e) => {
-                self.broken = true;
-                if let Some(a) = &self.active {
-                    a.interrupt.signal_needs_reset();
-                }
-                crate::limited!(
-                    error,
-                    error = &e as &dyn std::error::Error,
-                    "virtio-rng stopped: the device needs a reset"
-                );
-            }
+        let pass = self.process_queue();
+        let pass = match &self.active {
+            Some(a) => a.interrupt.after_queue_pass(pass),
+            None => pass.map(drop),
+        };
+        if let Err(e) = pass {
+            self.broken = true;
+            crate::limited!(
+                error,
+                error = &e as &dyn std::error::Error,
+                "virtio-rng stopped: the device needs a reset"
+            );
         }
     }
 
