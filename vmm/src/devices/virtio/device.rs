@@ -178,6 +178,31 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// The end of a pass over a queue served on the notifying vCPU thread, for
+/// a device that stops serving once a pass fails: the driver is interrupted
+/// when buffers were used; on an error `broken` is set, DEVICE_NEEDS_RESET
+/// raised (with an interrupt) and the error logged as `device`'s.
+pub fn finish_queue_pass<E: std::error::Error + 'static>(
+    device: &dyn std::fmt::Display,
+    pass: Result<bool, E>,
+    interrupt: Option<&VirtioInterrupt>,
+    broken: &mut bool,
+) {
+    let pass = match interrupt {
+        Some(i) => i.after_queue_pass(pass),
+        None => pass.map(drop),
+    };
+    if let Err(e) = pass {
+        *broken = true;
+        crate::limited!(
+            error,
+            device = %device,
+            error = &e as &dyn std::error::Error,
+            "virtio device stopped: it needs a reset"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

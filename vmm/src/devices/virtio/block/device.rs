@@ -10,6 +10,7 @@ use super::config::BlockConfig;
 use super::disk::{BlockError, Disk};
 use super::request::{parse_request, Op, Request, RequestError, Status, HEADER_LEN, ID_LEN};
 use crate::devices::virtio::checked_chain::{read_from, write_to, ChainError, CheckedChain};
+use crate::devices::virtio::device::finish_queue_pass;
 use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt};
 
 /// virtio device id of a block device.
@@ -264,19 +265,13 @@ impl VirtioDevice for Block {
             return;
         }
         let pass = self.process_queue();
-        let pass = match &self.active {
-            Some(a) => a.interrupt.after_queue_pass(pass),
-            None => pass.map(drop),
-        };
-        if let Err(e) = pass {
-            self.broken = true;
-            crate::limited!(
-                error,
-                path = %self.disk.path().display(),
-                error = &e as &dyn std::error::Error,
-                "virtio-blk stopped: the device needs a reset"
-            );
-        }
+        let interrupt = self.active.as_ref().map(|a| &*a.interrupt);
+        finish_queue_pass(
+            &format_args!("virtio-blk on {}", self.disk.path().display()),
+            pass,
+            interrupt,
+            &mut self.broken,
+        );
     }
 
     fn reset(&mut self) {

@@ -6,6 +6,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::devices::virtio::checked_chain::{write_to, ChainError, CheckedChain};
+use crate::devices::virtio::device::finish_queue_pass;
 use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt};
 
 /// virtio device id of an entropy device.
@@ -178,18 +179,8 @@ impl VirtioDevice for Rng {
             return;
         }
         let pass = self.process_queue();
-        let pass = match &self.active {
-            Some(a) => a.interrupt.after_queue_pass(pass),
-            None => pass.map(drop),
-        };
-        if let Err(e) = pass {
-            self.broken = true;
-            crate::limited!(
-                error,
-                error = &e as &dyn std::error::Error,
-                "virtio-rng stopped: the device needs a reset"
-            );
-        }
+        let interrupt = self.active.as_ref().map(|a| &*a.interrupt);
+        finish_queue_pass(&"virtio-rng", pass, interrupt, &mut self.broken);
     }
 
     fn reset(&mut self) {
