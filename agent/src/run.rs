@@ -54,7 +54,11 @@ pub async fn run(config: AgentConfig, is_init: bool) -> Result<(), RunError> {
 
     let control = AnyListener::bind(&config.listen)?;
     let streams = AnyListener::bind(&config.stream_listen)?;
-    tracing::info!(control = %config.listen, streams = %config.stream_listen, "agent listening");
+    // The guest's uptime says how much of a pod's start the kernel and the
+    // agent's own start took (the rest is the host's side).
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let uptime = uptime.split_whitespace().next().unwrap_or("?");
+    tracing::info!(control = %config.listen, streams = %config.stream_listen, uptime_s = uptime, "agent listening");
 
     let state = Arc::new(AgentState {
         config,
