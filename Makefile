@@ -9,9 +9,10 @@ STATIC_TRIPLE := x86_64-unknown-linux-gnu
 # crt-static for glibc; libseccomp-sys links libseccomp.so unless told to use
 # Debian's libseccomp.a.
 STATIC_ENV  := RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
-INIT_BIN    := target/$(STATIC_TRIPLE)/release/cocoon-boot-init
-DEVTEST_BIN := target/$(STATIC_TRIPLE)/release/cocoon-devtest-init
-AGENT_BIN   := target/$(STATIC_TRIPLE)/release/cocoon-agent
+# The guest binaries use the `guest` profile (Cargo.toml: size-optimised).
+INIT_BIN    := target/$(STATIC_TRIPLE)/guest/cocoon-boot-init
+DEVTEST_BIN := target/$(STATIC_TRIPLE)/guest/cocoon-devtest-init
+AGENT_BIN   := target/$(STATIC_TRIPLE)/guest/cocoon-agent
 VMM_DEBUG   := target/debug/cocoon-vmm
 VMM_RELEASE := target/release/cocoon-vmm
 
@@ -44,7 +45,7 @@ kernel: deps
 # tests/agent-pid1 (the agent as PID 1 under QEMU, no vsock needed).
 initrd:
 	@mkdir -p $(BUILD)
-	$(STATIC_ENV) $(CARGO) build --release --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init -p cocoon-agent -p cocoon-agent-ctl
+	$(STATIC_ENV) $(CARGO) build --profile guest --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init -p cocoon-agent -p cocoon-agent-ctl
 	rootfs/mkinitrd.py --init $(INIT_BIN) --out $(BUILD)/initrd.cpio
 	rootfs/mkinitrd.py --init $(DEVTEST_BIN) --out $(BUILD)/devtest-initrd.cpio
 	rootfs/mkinitrd.py --init $(AGENT_BIN) --out $(BUILD)/agent-initrd.cpio

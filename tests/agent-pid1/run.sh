@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=tests/agent-pid1
-rel=target/x86_64-unknown-linux-gnu/release
+rel=target/x86_64-unknown-linux-gnu/guest
 kernel=$(readlink -f build/vmlinux)
 for f in "$kernel" $rel/cocoon-agent $rel/cocoon-agent-ctl /bin/busybox; do
   [ -f "$f" ] || { echo "agent-pid1: $f missing: run 'make kernel initrd'" >&2; exit 2; }

@@ -9,10 +9,10 @@ cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "bench: the agent bench needs root (namespaces, cgroups)" >&2; exit 2; }
 command -v runc >/dev/null || { echo "bench: runc missing: run 'make deps'" >&2; exit 2; }
 
-agent=target/x86_64-unknown-linux-gnu/release/cocoon-agent
+agent=target/x86_64-unknown-linux-gnu/guest/cocoon-agent
 # What `make initrd` builds and packs as the guest's /init.
 RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-  cargo build --release --quiet --target x86_64-unknown-linux-gnu -p cocoon-agent
+  cargo build --profile guest --quiet --target x86_64-unknown-linux-gnu -p cocoon-agent
 exe=$(cargo test -p cocoon-agent --test bench --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
