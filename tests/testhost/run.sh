@@ -62,11 +62,48 @@ qemu-system-x86_64 -M pc -accel ${COCOON_TESTHOST_ACCEL:-tcg} -cpu max -smp "$cp
   -chardev file,id=cmdout,path="$out/console" -serial chardev:cmdout \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs local,path="$out",mount_tag=out,security_model=none \
+  -monitor unix:"$out/monitor.sock",server=on,wait=off \
   </dev/null >"$out/qemu.log" 2>&1 &
 qpid=$!
 # Stream the command's output (second serial port) as it comes.
 cat "$out/console" &
 catpid=$!
+
+# What the test host's vCPU was doing, from QEMU's monitor, for a host that
+# hung: halted with interrupts on and nothing pending (a lost wakeup) or
+# spinning somewhere (RIP).
+monitor_dump() {
+  python3 - "$out/monitor.sock" <<'PY' >&2 || true
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(3)
+s.connect(sys.argv[1])
+def read():
+    buf, end = b"", time.time() + 3
+    while time.time() < end:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        buf += chunk
+        if buf.endswith(b"(qemu) "):
+            break
+    return buf.decode(errors="replace")
+read()
+for cmd in ("info cpus", "info registers", "info lapic", "info pic"):
+    s.sendall(cmd.encode() + b"\n")
+    out = read().replace("(qemu) ", "").strip()
+    # Skip the monitor's echo of the command (with terminal escapes) and
+    # the FPU/vector registers.
+    lines = [l for l in out.splitlines()
+             if l.strip() and "\x1b" not in l and not l.startswith(("YMM", "FPR", "FCW", "DR"))]
+    print(f"testhost: monitor '{cmd}':")
+    for l in lines[:40]:
+        print("  " + l)
+PY
+}
 
 deadline=$(( $(date +%s) + timeout ))
 stall=${COCOON_TESTHOST_STALL_SECS:-120}
@@ -82,6 +119,7 @@ while kill -0 "$qpid" 2>/dev/null; do
   # QEMU TCG and nested SVM): give up now rather than at the deadline.
   if grep -q 'soft lockup' "$out/console.log" 2>/dev/null; then
     echo "testhost: the test host's kernel hung (soft lockup); killing it" >&2
+    monitor_dump
     kill -9 "$qpid" 2>/dev/null || true
     wait "$catpid" 2>/dev/null || true
     tail -20 "$out/console.log" >&2
@@ -92,6 +130,7 @@ while kill -0 "$qpid" 2>/dev/null; do
   # beats every 5 s; a heartbeat silent for $stall s means it is gone.
   if [ -f "$out/heartbeat" ] && [ $(( $(date +%s) - $(stat -c %Y "$out/heartbeat") )) -ge "$stall" ]; then
     echo "testhost: the test host stopped (no heartbeat for ${stall}s); killing it" >&2
+    monitor_dump
     kill -9 "$qpid" 2>/dev/null || true
     wait "$catpid" 2>/dev/null || true
     tail -20 "$out/console.log" >&2
