@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cocoon_vmm::devices::bus::BusDevice;
 use cocoon_vmm::devices::virtio::mmio::{regs, status};
 use cocoon_vmm::devices::virtio::rng::Rng;
-use cocoon_vmm::devices::virtio::test_chains::{readable, writable, F_NEXT};
+use cocoon_vmm::devices::virtio::test_chains::{chained_at, readable, writable, F_NEXT};
 use cocoon_vmm::devices::virtio::vsock::{uapi, Vsock, VsockHeader, VsockMuxer};
 use cocoon_vmm::devices::virtio::{MmioTransport, VirtioInterrupt};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -150,21 +150,7 @@ impl<'m> Ring<'m> {
 
     /// Link `descs` into one chain at `slot` and post it.
     fn post(&mut self, slot: u16, descs: &[RawDescriptor]) {
-        let last = descs.len() - 1;
-        let linked: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let d = SplitDescriptor::from(*d);
-                let (flags, next) = if i == last {
-                    (d.flags() & !F_NEXT, 0)
-                } else {
-                    (d.flags() | F_NEXT, slot + i as u16 + 1)
-                };
-                RawDescriptor::from(SplitDescriptor::new(d.addr().0, d.len(), flags, next))
-            })
-            .collect();
-        self.post_raw(slot, &linked);
+        self.post_raw(slot, &chained_at(slot, descs));
     }
 
     fn used_idx(&self) -> u16 {
