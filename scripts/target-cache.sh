@@ -17,6 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "${COCOON_TARGET_CACHE:-1}" != 0 ] || exit 0
+# Not a git checkout (an unpacked tarball): no way to tell checkouts apart.
+[ -e .git ] || exit 0
 if [ -e target ] && [ ! -L target ]; then exit 0; fi
 
 cache=${COCOON_CACHE:-/var/cache/cocoon}/cargo-target
