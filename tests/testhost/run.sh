@@ -12,6 +12,12 @@
 # its heartbeat stopped).
 # One vCPU by default: with two, QEMU's multi-threaded TCG under nested SVM
 # was seen to hang the test host (soft lockups on both vCPUs) mid-run.
+# No vGIF (`-cpu max,-vgif`, COCOON_TESTHOST_CPU overrides): a test host that
+# stopped dead was caught halted with interrupts enabled and the timer's
+# vector pending in its local APIC's IRR, i.e. with its global interrupt
+# flag left clear — the state a virtual-GIF mix-up in the emulated SVM
+# would leave after a #VMEXIT. Without vGIF, KVM in the test host sets the
+# real GIF with STGI (its L2 guests run no hypervisor, so nothing is lost).
 # The test host's own console goes to a log, printed when something fails.
 set -euo pipefail
 
@@ -54,7 +60,7 @@ trap 'exit 130' INT TERM
 printf "%s" "$PWD" >"$out/cwd"
 mkfifo "$out/console"
 
-qemu-system-x86_64 -M pc -accel ${COCOON_TESTHOST_ACCEL:-tcg} -cpu max -smp "$cpus" -m "$mem" \
+qemu-system-x86_64 -M pc -accel ${COCOON_TESTHOST_ACCEL:-tcg} -cpu ${COCOON_TESTHOST_CPU:-max,-vgif} -smp "$cpus" -m "$mem" \
   -nodefaults -no-user-config -display none -no-reboot \
   -kernel "$kernel" -initrd "$initramfs" \
   -append "console=ttyS0 rdinit=/init quiet loglevel=3 panic=-1 ${COCOON_TESTHOST_APPEND:-}" \
