@@ -181,6 +181,13 @@ fn setup_queue(m: &mut MmioTransport, index: u32, q: &MockSplitQueue<GuestMemory
 
 const ALL_OK: u32 = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
 
+/// The whole driver initialisation with queue 0 on `q`, up to DRIVER_OK.
+fn bring_up(m: &mut MmioTransport, q: &MockSplitQueue<GuestMemoryMmap>) {
+    negotiate(m, DUMMY_FEATURES | VIRTIO_F_VERSION_1);
+    setup_queue(m, 0, q);
+    w32(m, regs::STATUS, ALL_OK);
+}
+
 #[test]
 fn identification_registers() {
     let mut f = fixture();
@@ -371,10 +378,8 @@ fn failed_activation_needs_reset() {
 #[test]
 fn a_device_that_breaks_reports_needs_reset_once_until_reset() {
     let mut f = fixture();
-    negotiate(&mut f.mmio, DUMMY_FEATURES | VIRTIO_F_VERSION_1);
     let q = MockSplitQueue::create(&f.mem, GuestAddress(0x1000), QUEUE_SIZE);
-    setup_queue(&mut f.mmio, 0, &q);
-    w32(&mut f.mmio, regs::STATUS, ALL_OK);
+    bring_up(&mut f.mmio, &q);
     assert!(f.mmio.is_activated());
     assert_eq!(r32(&mut f.mmio, regs::STATUS) & DEVICE_NEEDS_RESET, 0);
     w32(&mut f.mmio, regs::QUEUE_NOTIFY, 1);
@@ -396,10 +401,8 @@ fn a_device_that_breaks_reports_needs_reset_once_until_reset() {
 #[test]
 fn reset_clears_everything() {
     let mut f = fixture();
-    negotiate(&mut f.mmio, DUMMY_FEATURES | VIRTIO_F_VERSION_1);
     let q = MockSplitQueue::create(&f.mem, GuestAddress(0x1000), QUEUE_SIZE);
-    setup_queue(&mut f.mmio, 0, &q);
-    w32(&mut f.mmio, regs::STATUS, ALL_OK);
+    bring_up(&mut f.mmio, &q);
     w32(&mut f.mmio, regs::STATUS, 0);
     assert_eq!(r32(&mut f.mmio, regs::STATUS), 0);
     assert!(!f.mmio.is_activated());
@@ -408,9 +411,7 @@ fn reset_clears_everything() {
     assert_eq!(r32(&mut f.mmio, regs::QUEUE_READY), 0);
     assert_eq!(r32(&mut f.mmio, regs::INTERRUPT_STATUS), 0);
     // And the device can be brought up again.
-    negotiate(&mut f.mmio, DUMMY_FEATURES | VIRTIO_F_VERSION_1);
-    setup_queue(&mut f.mmio, 0, &q);
-    w32(&mut f.mmio, regs::STATUS, ALL_OK);
+    bring_up(&mut f.mmio, &q);
     assert_eq!(f.seen.lock().unwrap().activations, 2);
 }
 
@@ -457,9 +458,7 @@ fn notify_processes_chains_and_interrupts() {
     w32(&mut f.mmio, regs::QUEUE_NOTIFY, 0);
     assert!(f.seen.lock().unwrap().used.is_empty());
 
-    negotiate(&mut f.mmio, DUMMY_FEATURES | VIRTIO_F_VERSION_1);
-    setup_queue(&mut f.mmio, 0, &q);
-    w32(&mut f.mmio, regs::STATUS, ALL_OK);
+    bring_up(&mut f.mmio, &q);
     w32(&mut f.mmio, regs::QUEUE_NOTIFY, 0);
     assert_eq!(
         f.seen.lock().unwrap().used,
@@ -498,9 +497,7 @@ fn malformed_chains_terminate() {
         5,
     ))];
     q.add_desc_chains(&looping, 5).unwrap();
-    negotiate(&mut f.mmio, DUMMY_FEATURES | VIRTIO_F_VERSION_1);
-    setup_queue(&mut f.mmio, 0, &q);
-    w32(&mut f.mmio, regs::STATUS, ALL_OK);
+    bring_up(&mut f.mmio, &q);
     w32(&mut f.mmio, regs::QUEUE_NOTIFY, 0);
     let used = f.seen.lock().unwrap().used.clone();
     assert_eq!(used.len(), 2);
