@@ -16,10 +16,20 @@ pub enum AgentError {
         #[source]
         source: ttrpc::Error,
     },
+    #[error("agent {rpc}: no answer within {secs} s")]
+    Timeout { rpc: &'static str, secs: u64 },
 }
 
-/// No deadline: Wait and GetOOMEvent block for as long as they need.
-fn ctx() -> ttrpc::context::Context {
+impl AgentError {
+    /// The agent did not answer in time (as opposed to answering an error).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, AgentError::Timeout { .. })
+    }
+}
+
+/// No deadline: Wait and GetOOMEvent block for as long as they need (they
+/// end when the VM does).
+fn long_poll() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(0)
 }
 
@@ -46,23 +56,48 @@ impl From<StdioFlags> for Stdio {
 pub struct Agent {
     client: AgentClient,
     streams: Address,
+    /// Deadline of every call but the long polls.
+    timeout: std::time::Duration,
 }
 
+/// A call with the agent's deadline, enforced here whatever the transport
+/// does (a guest that never answers cannot hold a caller).
 macro_rules! call {
+    ($self:ident, $name:literal, $method:ident, $req:expr) => {{
+        let t = $self.timeout;
+        // ttrpc's own deadline comes later, so that this timer decides.
+        let ctx =
+            ttrpc::context::with_timeout((t + std::time::Duration::from_secs(2)).as_nanos() as i64);
+        match tokio::time::timeout(t, $self.client.$method(ctx, &$req)).await {
+            Ok(r) => r.map_err(|source| AgentError::Rpc { rpc: $name, source }),
+            Err(_) => Err(AgentError::Timeout {
+                rpc: $name,
+                secs: t.as_secs(),
+            }),
+        }
+    }};
+}
+
+macro_rules! poll {
     ($self:ident, $name:literal, $method:ident, $req:expr) => {
         $self
             .client
-            .$method(ctx(), &$req)
+            .$method(long_poll(), &$req)
             .await
             .map_err(|source| AgentError::Rpc { rpc: $name, source })
     };
 }
 
 impl Agent {
-    pub async fn connect(control: &Address, streams: &Address) -> Result<Agent, AgentError> {
+    pub async fn connect(
+        control: &Address,
+        streams: &Address,
+        timeout: std::time::Duration,
+    ) -> Result<Agent, AgentError> {
         Ok(Agent {
             client: connect_agent(control).await?,
             streams: streams.clone(),
+            timeout,
         })
     }
 
@@ -85,12 +120,19 @@ impl Agent {
         // The guest agent reboots the VM in answer; a closed connection
         // is a success here.
         let r = DestroySandboxRequest::new();
-        let c = ttrpc::context::with_timeout(10_000_000_000);
-        match self.client.destroy_sandbox(c, &r).await {
-            Ok(_) | Err(ttrpc::Error::RemoteClosed) | Err(ttrpc::Error::LocalClosed) => Ok(()),
-            Err(source) => Err(AgentError::Rpc {
+        let t = self.timeout.min(std::time::Duration::from_secs(10));
+        let c = ttrpc::context::with_timeout(t.as_nanos() as i64);
+        match tokio::time::timeout(t, self.client.destroy_sandbox(c, &r)).await {
+            Ok(Ok(_))
+            | Ok(Err(ttrpc::Error::RemoteClosed))
+            | Ok(Err(ttrpc::Error::LocalClosed)) => Ok(()),
+            Ok(Err(source)) => Err(AgentError::Rpc {
                 rpc: "DestroySandbox",
                 source,
+            }),
+            Err(_) => Err(AgentError::Timeout {
+                rpc: "DestroySandbox",
+                secs: t.as_secs(),
             }),
         }
     }
@@ -150,7 +192,7 @@ impl Agent {
         let mut r = ProcessRequest::new();
         r.container_id = id.into();
         r.exec_id = exec_id.into();
-        call!(self, "WaitProcess", wait_process, r)
+        poll!(self, "WaitProcess", wait_process, r)
     }
 
     pub async fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, AgentError> {
@@ -215,7 +257,7 @@ impl Agent {
     /// Blocks until some container of the pod is OOM-killed.
     pub async fn next_oom(&self) -> Result<String, AgentError> {
         let r = GetOOMEventRequest::new();
-        Ok(call!(self, "GetOOMEvent", get_oom_event, r)?.container_id)
+        Ok(poll!(self, "GetOOMEvent", get_oom_event, r)?.container_id)
     }
 
     pub async fn open_stream(
@@ -224,6 +266,13 @@ impl Agent {
         id: &str,
         exec_id: &str,
     ) -> Result<BoxConn, AgentError> {
-        Ok(open_stream(&self.streams, &StreamHeader::new(kind, id, exec_id)).await?)
+        let header = StreamHeader::new(kind, id, exec_id);
+        match tokio::time::timeout(self.timeout, open_stream(&self.streams, &header)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(AgentError::Timeout {
+                rpc: "stream open",
+                secs: self.timeout.as_secs(),
+            }),
+        }
     }
 }

@@ -65,6 +65,13 @@ pub struct Config {
     pub log_level: String,
     /// Guest serial console to `<pod>/console.log` (off: no console).
     pub debug_console: bool,
+    /// Cap on the console log (`console.log` + `console.log.1`), bytes.
+    pub console_limit_bytes: u64,
+    /// Cap on the VMM's own log (`vmm.log` + `vmm.log.1`), bytes.
+    pub vmm_log_limit_bytes: u64,
+    /// Deadline of every agent call but the long polls (Wait, OOM events).
+    /// A Kill or Delete whose call runs out stops the pod's VM.
+    pub agent_call_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -84,6 +91,9 @@ impl Default for Config {
             agent_timeout_secs: 60,
             log_level: "info".into(),
             debug_console: true,
+            console_limit_bytes: 1 << 20,
+            vmm_log_limit_bytes: 1 << 20,
+            agent_call_timeout_secs: 30,
         }
     }
 }
@@ -113,6 +123,15 @@ impl Config {
         }
         if self.agent_timeout_secs == 0 {
             return Err(bad("agent_timeout_secs", "must be at least 1"));
+        }
+        if self.console_limit_bytes < 4096 {
+            return Err(bad("console_limit_bytes", "must be at least 4096"));
+        }
+        if self.vmm_log_limit_bytes < 4096 {
+            return Err(bad("vmm_log_limit_bytes", "must be at least 4096"));
+        }
+        if self.agent_call_timeout_secs == 0 {
+            return Err(bad("agent_call_timeout_secs", "must be at least 1"));
         }
         if !self.run_dir.is_absolute() {
             return Err(bad("run_dir", "must be an absolute path"));

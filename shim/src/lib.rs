@@ -6,6 +6,8 @@ pub mod check;
 pub mod cleanup;
 pub mod config;
 pub mod events;
+pub mod hostfs;
+pub mod rate_limit;
 pub mod sandbox;
 pub mod shim;
 pub mod stdio;

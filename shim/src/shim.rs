@@ -19,7 +19,9 @@ use crate::events::ContainerdEvents;
 use crate::sandbox::local::LocalBackend;
 use crate::sandbox::vm::VmBackend;
 use crate::sandbox::{Backend, PodDir};
-use crate::task::{pod_id_for, BackendFactory, TaskService, BUNDLE_POD_FILE};
+use crate::task::{
+    pod_id_for, BackendFactory, BundleRecord, PodParams, TaskService, BUNDLE_POD_FILE,
+};
 
 pub struct CocoonShim {
     id: String,
@@ -31,11 +33,14 @@ pub struct CocoonShim {
 /// The production backend factory: config from `ConfigPath`,
 /// `COCOON_CONFIG` or `/etc/cocoon/config.toml`.
 pub fn backend_factory() -> BackendFactory {
-    Arc::new(|sandbox_id: &str, config_path: Option<&Path>| {
-        let cfg = Config::load(config_path).map_err(|e| crate::task::rpc_error::chain(&e))?;
+    Arc::new(|p: &PodParams| {
+        let sandbox_id = p.sandbox_id;
+        let cfg = Config::load(p.config_path).map_err(|e| crate::task::rpc_error::chain(&e))?;
         let pod = PodDir::new(&cfg.run_dir, sandbox_id);
         let b: Box<dyn Backend> = match cfg.backend {
-            BackendKind::Vm => Box::new(VmBackend::new(cfg, pod)),
+            BackendKind::Vm => Box::new(
+                VmBackend::new(cfg, pod).with_cgroups_path(p.cgroups_path.map(str::to_string)),
+            ),
             BackendKind::Local => Box::new(LocalBackend::new(
                 cfg.agent.clone(),
                 pod,
@@ -102,8 +107,16 @@ impl Shim for CocoonShim {
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, ShimError> {
-        let cfg = Config::load(None).unwrap_or_default();
-        crate::cleanup::cleanup_after_killed_shim(&cfg, &self.bundle, &self.id);
+        // The pod's own configuration (its run dir), as recorded at Create.
+        let rec = bundle_record(&self.bundle, &self.id);
+        let cfg = match Config::load(rec.config_path.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = crate::task::rpc_error::chain(&e);
+                return Err(ShimError::InvalidArgument(format!("delete: {msg}")));
+            }
+        };
+        crate::cleanup::cleanup_after_killed_shim(&cfg, &self.bundle, &self.id, &rec.pod_id);
         let mut resp = DeleteResponse::new();
         resp.exit_status = 128 + libc::SIGKILL as u32;
         resp.exited_at = Some(crate::task::exit_timestamp_now()).into();
@@ -125,11 +138,16 @@ impl Shim for CocoonShim {
     }
 }
 
-/// Reads the pod id recorded in a bundle at Create.
-pub fn bundle_pod_id(bundle: &Path, id: &str) -> String {
-    std::fs::read_to_string(bundle.join(BUNDLE_POD_FILE))
-        .map(|s| s.trim().to_string())
+/// Reads what Create recorded in a bundle: the pod and its `ConfigPath`
+/// (the container's own pod and the default configuration when there is
+/// no record).
+pub fn bundle_record(bundle: &Path, id: &str) -> BundleRecord {
+    let rec = std::fs::read(bundle.join(BUNDLE_POD_FILE))
         .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| id.to_string())
+        .and_then(|b| serde_json::from_slice::<BundleRecord>(&b).ok())
+        .filter(|r| crate::task::valid_id(&r.pod_id));
+    rec.unwrap_or_else(|| BundleRecord {
+        pod_id: id.to_string(),
+        config_path: None,
+    })
 }

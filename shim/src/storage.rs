@@ -1,11 +1,33 @@
-//! Container storage: the bundle rootfs and the spec's bind mounts shared
-//! into `<pod>/shared/<id>/`, and the spec rewritten for the guest.
+//! Container storage: the pod's share, each container's rootfs and bind
+//! mounts in it, and the spec rewritten for the guest.
+//!
+//! Layout of a pod directory (0700, host-private):
+//!
+//! ```text
+//! <pod>/private/            bind of itself, shared propagation; never exported
+//! <pod>/private/<id>/rootfs the container's rootfs (bind, ro or rw, nosuid,nodev)
+//! <pod>/private/<id>/mounts/<n>  the spec's n-th mount when it is a bind
+//! <pod>/shared/             read-only, nosuid,nodev bind of private (slave):
+//!                           what virtiofsd exports; binds made in private
+//!                           propagate into it with their own flags
+//! <pod>/containers/<id>     what the shim mounted for <id> (read at delete)
+//! ```
+//!
+//! The guest therefore writes only inside a writable rootfs or a writable
+//! volume, which are separate mounts; every directory the shim creates,
+//! mounts onto or removes is in `private/`, resolved beneath a directory
+//! fd without following links (see [`crate::hostfs`]), and teardown undoes
+//! the record, never a listing of a tree the guest can write to.
 
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::api::Mount as TaskMount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+use crate::hostfs::{DetachedMount, Dir, HostFsError, MountAttr};
+use crate::sandbox::PodDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -16,9 +38,17 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("mounting {source_path} on {target}")]
-    Mount {
-        source_path: String,
+    #[error("preparing the pod share")]
+    Share(#[source] HostFsError),
+    #[error("sharing {what} into the pod")]
+    Bind {
+        what: String,
+        #[source]
+        source: HostFsError,
+    },
+    #[error("{what} {target}")]
+    LegacyMount {
+        what: &'static str,
         target: String,
         #[source]
         source: nix::Error,
@@ -27,6 +57,8 @@ pub enum StorageError {
     Rootfs(String),
     #[error("invalid spec: {0}")]
     Spec(String),
+    #[error("container record {path}: {reason}")]
+    Record { path: String, reason: String },
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
@@ -34,31 +66,125 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Storage
     move |source| StorageError::Io { what, path, source }
 }
 
-fn bind(src: &Path, dst: &Path, readonly: bool) -> Result<(), StorageError> {
-    let err = |source| StorageError::Mount {
-        source_path: src.display().to_string(),
-        target: dst.display().to_string(),
-        source,
+const PRIVATE: &str = "private";
+const SHARED: &str = "shared";
+const CONTAINERS: &str = "containers";
+const ROOTFS: &str = "rootfs";
+const MOUNTS: &str = "mounts";
+
+/// Creates the pod directory (0700; 0711 for the local backend, whose
+/// user-namespaced containers must reach their rootfs on the host) and its
+/// share: `private/` bound on itself with shared propagation, and `shared/`
+/// as its read-only, nosuid, nodev view. Done before virtiofsd starts, so
+/// nothing can see `shared/` before it is read-only. The directories the
+/// guest sees are 0755 (a user-namespaced container must traverse them);
+/// the view is read-only, so that grants nothing.
+pub fn setup_share(pod: &PodDir, flags: ShareFlags) -> Result<(), StorageError> {
+    let root_mode = match flags {
+        ShareFlags::Vm => 0o700,
+        ShareFlags::Local => 0o711,
     };
+    use std::os::unix::fs::DirBuilderExt;
+    let root = pod.root();
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+    }
+    match std::fs::DirBuilder::new().mode(root_mode).create(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("creating", root)(e)),
+    }
+    let rootd = Dir::open(root).map_err(StorageError::Share)?;
+    // An existing directory (a pod id reused after a crash) is made private
+    // again: nothing else may look in.
+    std::fs::set_permissions(
+        rootd.proc_path(""),
+        std::os::unix::fs::PermissionsExt::from_mode(root_mode),
+    )
+    .map_err(io("chmod", root))?;
+    rootd
+        .mkdir(CONTAINERS, 0o700)
+        .map_err(StorageError::Share)?;
+    let private = rootd.mkdir(PRIVATE, 0o755).map_err(StorageError::Share)?;
+    let shared = rootd.mkdir(SHARED, 0o755).map_err(StorageError::Share)?;
+    let legacy = |what, target: &Path| {
+        let target = target.display().to_string();
+        move |source| StorageError::LegacyMount {
+            what,
+            target,
+            source,
+        }
+    };
+    // private: a mount point of its own, shared, so binds made below it
+    // later reach `shared/` and virtiofsd's copy of it.
+    let p = private.proc_path("");
+    mount(Some(&p), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(legacy("binding", &pod.private()))?;
+    let private = rootd
+        .open_mounted_dir(PRIVATE)
+        .map_err(StorageError::Share)?;
+    let p = private.proc_path("");
     mount(
-        Some(src),
-        dst,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
+        &p,
+        None::<&str>,
+        MsFlags::MS_SHARED,
         None::<&str>,
     )
-    .map_err(err)?;
-    if readonly {
-        mount(
-            None::<&str>,
-            dst,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(err)?;
-    }
+    .map_err(legacy("making shared", &pod.private()))?;
+    // shared: a bind of private (so it joins private's peer group), made
+    // read-only, nosuid, nodev and then a slave: it receives private's
+    // binds but sends nothing back. The old mount API is enough here:
+    // virtiofsd does not run yet, so nothing can see `shared/` before it
+    // is read-only.
+    let sp = shared.proc_path("");
+    mount(Some(&p), &sp, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(legacy("binding", &pod.shared()))?;
+    let s = rootd
+        .open_mounted_dir(SHARED)
+        .map_err(StorageError::Share)?;
+    let sp = s.proc_path("");
+    mount(
+        None::<&str>,
+        &sp,
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(legacy("making read-only", &pod.shared()))?;
+    mount(
+        None::<&str>,
+        &sp,
+        None::<&str>,
+        MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(legacy("making a slave", &pod.shared()))?;
     Ok(())
+}
+
+/// Undoes [`setup_share`]'s mounts (and with them every bind below them).
+pub fn teardown_share(pod: &PodDir) {
+    let Ok(rootd) = Dir::open(pod.root()) else {
+        return;
+    };
+    for name in [SHARED, PRIVATE] {
+        // Both may be stacked (a crash between setup steps): undo all.
+        for _ in 0..4 {
+            match rootd.unmount(name) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %crate::task::rpc_error::chain(&e), "unmounting the pod share");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Mounts `Create.rootfs` on `<bundle>/rootfs` when containerd passed
@@ -91,16 +217,106 @@ fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-/// Shares the container's rootfs and bind mounts into `container_dir`
-/// (`<pod>/shared/<id>`) and rewrites `spec` for the guest, where that
-/// directory is `<guest_share>/<id>`.
+fn has_option(m: &oci_spec::runtime::Mount, opt: &str) -> bool {
+    m.options().iter().flatten().any(|o| o == opt)
+}
+
+/// What the shim mounted for one container, below `private/<id>/`:
+/// written before the first mount, read by teardown (also by `delete`
+/// after a killed shim).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// `n` of every `mounts/<n>` and whether it is a directory.
+    pub binds: Vec<(usize, bool)>,
+}
+
+fn record_path(pod: &PodDir, id: &str) -> PathBuf {
+    pod.root().join(CONTAINERS).join(id)
+}
+
+fn write_record(pod: &PodDir, id: &str, rec: &ContainerRecord) -> Result<(), StorageError> {
+    let rootd = Dir::open(pod.root()).map_err(StorageError::Share)?;
+    let dir = rootd.open_dir(CONTAINERS).map_err(StorageError::Share)?;
+    let path = record_path(pod, id);
+    let json = serde_json::to_vec(rec).map_err(|e| StorageError::Record {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let _ = dir.remove(id, false);
+    dir.create_file(id, 0o600).map_err(StorageError::Share)?;
+    std::fs::write(dir.proc_path(id), json).map_err(io("writing", &path))
+}
+
+fn read_record(pod: &PodDir, id: &str) -> Option<ContainerRecord> {
+    let rootd = Dir::open(pod.root()).ok()?;
+    let dir = rootd.open_dir(CONTAINERS).ok()?;
+    let text = std::fs::read(dir.proc_path(id)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// The containers a pod directory has records for (host-private: the
+/// guest cannot add to it).
+pub fn recorded_containers(pod: &PodDir) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(pod.root().join(CONTAINERS)) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect()
+}
+
+/// Binds `src` on `dir/name` (a directory or a file, created here).
+fn bind_into(
+    src: &Path,
+    dir: &Dir,
+    name: &str,
+    is_dir: bool,
+    attr: MountAttr,
+    recursive: bool,
+) -> Result<(), HostFsError> {
+    // Clone and set the flags first: a source that cannot be bound creates
+    // nothing in the share.
+    let tree = DetachedMount::clone_path(src, recursive)?;
+    tree.set_attr(attr)?;
+    if is_dir {
+        let target = dir.mkdir(name, 0o700)?;
+        tree.attach(&target)
+    } else {
+        dir.create_file(name, 0o600)?;
+        tree.attach_file(dir, name)
+    }
+}
+
+/// How binds into the share are flagged on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareFlags {
+    /// nosuid,nodev on every bind: the share is read by virtiofsd for a VM,
+    /// whose kernel applies its own flags.
+    Vm,
+    /// No extra flags: the local backend's agent runs the containers on
+    /// the host from these very mounts (a user-namespaced container could
+    /// not remount them otherwise). No isolation there anyway.
+    Local,
+}
+
+/// Shares the container's rootfs and bind mounts into `private/<id>` and
+/// rewrites `spec` for the guest, where that directory is
+/// `<guest_share>/<id>`. On error, what was already mounted is undone.
 pub fn share_container(
     spec: &mut Spec,
     bundle: &Path,
-    container_dir: &Path,
+    pod: &PodDir,
     guest_share: &Path,
     id: &str,
+    flags: ShareFlags,
 ) -> Result<(), StorageError> {
+    let attr = |readonly| match flags {
+        ShareFlags::Vm => MountAttr::share(readonly),
+        ShareFlags::Local => MountAttr {
+            readonly,
+            ..MountAttr::default()
+        },
+    };
     let root = spec
         .root()
         .clone()
@@ -110,48 +326,73 @@ pub fn share_container(
     } else {
         bundle.join(root.path())
     };
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    // The plan, recorded before anything is mounted.
+    let mut rec = ContainerRecord::default();
+    let mut sources = Vec::new();
+    for (n, m) in mounts.iter().enumerate() {
+        let Some(src) = m.source().clone().filter(|s| is_bind(m) && s.is_absolute()) else {
+            continue;
+        };
+        let meta = std::fs::metadata(&src).map_err(io("inspecting bind source", &src))?;
+        rec.binds.push((n, meta.is_dir()));
+        sources.push(src);
+    }
     // A read-only root is enforced on the host too (a compromised guest
     // cannot write through virtio-fs), unless a mount point still has to
     // be created in it: then the agent remounts it read-only after its
-    // mounts, as runc does.
+    // mounts, as runc does. Existence is checked inside the rootfs (its
+    // symlinks do not lead out of it).
     let readonly = root.readonly().unwrap_or(false);
-    let host_ro = readonly
-        && spec.mounts().iter().flatten().all(|m| {
-            let rel = m.destination().strip_prefix("/").unwrap_or(m.destination());
-            host_root.join(rel).exists()
-        });
-    let dst = container_dir.join("rootfs");
-    std::fs::create_dir_all(&dst).map_err(io("creating", &dst))?;
-    bind(&host_root, &dst, host_ro)?;
-    let mut new_root = root.clone();
-    new_root.set_path(PathBuf::from("rootfs"));
-    spec.set_root(Some(new_root));
+    let host_ro = readonly && {
+        let rootd = Dir::open(&host_root).map_err(|source| StorageError::Bind {
+            what: format!("the rootfs {}", host_root.display()),
+            source,
+        })?;
+        spec.mounts()
+            .iter()
+            .flatten()
+            .all(|m| rootd.exists_in_root(m.destination()))
+    };
+    write_record(pod, id, &rec)?;
+    let result = (|| {
+        let rootd = Dir::open(pod.root()).map_err(StorageError::Share)?;
+        let private = rootd
+            .open_mounted_dir(PRIVATE)
+            .map_err(StorageError::Share)?;
+        let cdir = private.mkdir(id, 0o755).map_err(StorageError::Share)?;
+        bind_into(&host_root, &cdir, ROOTFS, true, attr(host_ro), true).map_err(|source| {
+            StorageError::Bind {
+                what: format!("the rootfs {}", host_root.display()),
+                source,
+            }
+        })?;
+        if !rec.binds.is_empty() {
+            let mdir = cdir.mkdir(MOUNTS, 0o755).map_err(StorageError::Share)?;
+            for (&(n, is_dir), src) in rec.binds.iter().zip(&sources) {
+                let m = &mounts[n];
+                let ro = has_option(m, "ro");
+                let recursive = !has_option(m, "bind") || has_option(m, "rbind");
+                bind_into(src, &mdir, &n.to_string(), is_dir, attr(ro), recursive).map_err(
+                    |source| StorageError::Bind {
+                        what: format!("mount {n} ({})", src.display()),
+                        source,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        unshare_container(pod, id);
+        return Err(e);
+    }
 
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
-    for (n, m) in mounts.iter_mut().enumerate() {
-        if !is_bind(m) {
-            continue;
-        }
-        let Some(src) = m.source().clone() else {
-            continue;
-        };
-        if !src.is_absolute() {
-            continue;
-        }
-        let meta = std::fs::metadata(&src).map_err(io("inspecting bind source", &src))?;
-        let dir = container_dir.join("mounts");
-        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-        let target = dir.join(n.to_string());
-        if meta.is_dir() {
-            std::fs::create_dir_all(&target).map_err(io("creating", &target))?;
-        } else {
-            std::fs::write(&target, b"").map_err(io("creating", &target))?;
-        }
-        let ro = m.options().iter().flatten().any(|o| o == "ro");
-        bind(&src, &target, ro)?;
-        m.set_source(Some(
-            guest_share.join(id).join("mounts").join(n.to_string()),
-        ));
+    let mut new_root = root.clone();
+    new_root.set_path(PathBuf::from(ROOTFS));
+    spec.set_root(Some(new_root));
+    for &(n, _) in &rec.binds {
+        mounts[n].set_source(Some(guest_share.join(id).join(MOUNTS).join(n.to_string())));
     }
     spec.set_mounts(Some(mounts));
 
@@ -174,38 +415,101 @@ pub fn share_container(
     Ok(())
 }
 
-/// Undoes [`share_container`]: unmounts everything below `container_dir`
-/// and removes it.
-pub fn unshare_container(container_dir: &Path) {
-    let mounts = container_dir.join("mounts");
-    if let Ok(rd) = std::fs::read_dir(&mounts) {
-        for e in rd.flatten() {
-            let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
-        }
-    }
-    let _ = umount2(&container_dir.join("rootfs"), MntFlags::MNT_DETACH);
-    // Never recurse into something that is still mounted: that would
-    // delete the container's own files.
-    if has_mounts_below(container_dir) {
-        tracing::warn!(dir = %container_dir.display(), "still mounted; not removing");
+/// Undoes [`share_container`] from its record: unmounts exactly what was
+/// mounted (never following a link), removes the directories and files it
+/// created, then the record. Safe to call twice, and after a crash.
+pub fn unshare_container(pod: &PodDir, id: &str) {
+    let warn = |what: &str, e: &dyn std::error::Error| {
+        tracing::warn!(
+            container = id,
+            "{what}: {}",
+            crate::task::rpc_error::chain(e)
+        );
+    };
+    let Some(rec) = read_record(pod, id) else {
         return;
-    }
-    if let Err(e) = std::fs::remove_dir_all(container_dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %container_dir.display(), error = %e, "removing the container share");
+    };
+    let Ok(rootd) = Dir::open(pod.root()) else {
+        return;
+    };
+    let cdir = rootd.open_mounted_dir(PRIVATE).and_then(|p| p.open_dir(id));
+    if let Ok(cdir) = cdir {
+        let mut clean = true;
+        if !rec.binds.is_empty() {
+            match cdir.open_dir(MOUNTS) {
+                Ok(mdir) => {
+                    for &(n, is_dir) in &rec.binds {
+                        let name = n.to_string();
+                        if let Err(e) = mdir.unmount(&name) {
+                            warn("unmounting a volume", &e);
+                            clean = false;
+                        } else if let Err(e) = mdir.remove(&name, is_dir) {
+                            warn("removing a volume mount point", &e);
+                            clean = false;
+                        }
+                    }
+                    drop(mdir);
+                    if clean {
+                        if let Err(e) = cdir.remove(MOUNTS, true) {
+                            warn("removing the mounts dir", &e);
+                            clean = false;
+                        }
+                    }
+                }
+                Err(HostFsError::Sys { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn("opening the mounts dir", &e);
+                    clean = false;
+                }
+            }
         }
+        match cdir.unmount(ROOTFS) {
+            Ok(_) => {
+                if let Err(e) = cdir.remove(ROOTFS, true) {
+                    warn("removing the rootfs mount point", &e);
+                    clean = false;
+                }
+            }
+            Err(e) => {
+                warn("unmounting the rootfs", &e);
+                clean = false;
+            }
+        }
+        drop(cdir);
+        if clean {
+            if let Ok(p) = rootd.open_mounted_dir(PRIVATE) {
+                if let Err(e) = p.remove(id, true) {
+                    warn("removing the container dir", &e);
+                    clean = false;
+                }
+            }
+        }
+        if !clean {
+            // Keep the record: a later teardown (or delete) tries again.
+            return;
+        }
+    }
+    if let Ok(d) = rootd.open_dir(CONTAINERS) {
+        let _ = d.remove(id, false);
     }
 }
 
 /// Whether any mount point is at or below `dir` (`/proc/self/mountinfo`).
 pub fn has_mounts_below(dir: &Path) -> bool {
+    mount_points().iter().any(|mp| mp.starts_with(dir))
+}
+
+/// Every mount point of this mount namespace.
+pub fn mount_points() -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .map(|mp| Path::new(&unescape_mountinfo(mp)).starts_with(dir))
-            .unwrap_or(false)
-    })
+    info.lines()
+        .filter_map(|l| {
+            l.split(' ')
+                .nth(4)
+                .map(|mp| PathBuf::from(unescape_mountinfo(mp)))
+        })
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

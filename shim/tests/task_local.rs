@@ -534,3 +534,88 @@ async fn memory_limit_oom_kill_publishes_an_oom_event() {
     h.shutdown().await;
     h.assert_clean();
 }
+
+/// An agent that stops answering (its VM, or the local agent, stopped with
+/// SIGSTOP: connections are accepted, nothing comes back). Kill and Delete
+/// must finish within the call deadline, the VM must be gone, and another
+/// pod's State must not wait behind the stuck one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
+    let call = Duration::from_secs(3);
+    let h = Harness::start_with_call_timeout(call).await;
+    let bystander = h.bundle("bystander", &["sleep", "1000"], |_| {});
+    within(h.create("bystander", &bystander, ("", "", ""), false))
+        .await
+        .unwrap();
+    let bundle = h.bundle("stuck", &["sleep", "1000"], |_| {});
+    within(h.create("stuck", &bundle, ("", "", ""), false))
+        .await
+        .unwrap();
+    let pid = within(h.start_task("stuck", "")).await.unwrap().pid;
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for _ in 0..100 {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        if st.contains(") T ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "stopped {pid}: {}",
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .replace('\0', " ")
+    );
+    struct Cont(nix::unistd::Pid);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    let _cont = Cont(pid);
+    // Kill: bounded by the call deadline (plus slack), not forever; while
+    // it waits on the stuck agent, the other pod answers at once.
+    let bound = call + Duration::from_secs(10);
+    let kill = async {
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(bound, h.kill("stuck", "", libc::SIGKILL as u32)).await;
+        (r, started.elapsed())
+    };
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = std::time::Instant::now();
+        let st = tokio::time::timeout(Duration::from_secs(2), h.state("bystander", "")).await;
+        (st, t.elapsed())
+    };
+    let (kill, (st, st_took)) = tokio::join!(kill, other);
+    let st = st
+        .expect("State of another pod waited behind the stuck pod")
+        .unwrap();
+    assert_eq!(st.status, Status::CREATED.into());
+    assert!(st_took < Duration::from_secs(2), "{st_took:?}");
+    let (r, took) = kill;
+    let r = r.unwrap_or_else(|_| panic!("Kill did not return within {bound:?}"));
+    assert!(r.is_ok(), "SIGKILL to a stuck pod: {r:?}");
+    assert!(took >= call - Duration::from_millis(500), "{took:?}");
+    // The VM (or agent) was killed: the task exits, 255.
+    let w = tokio::time::timeout(bound, h.wait("stuck", ""))
+        .await
+        .expect("Wait did not return after the stuck pod was killed")
+        .unwrap();
+    assert_eq!(w.exit_status, 255);
+    let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true);
+    assert!(gone, "the stuck pod's process is still alive");
+    tokio::time::timeout(bound, h.delete("stuck", ""))
+        .await
+        .expect("Delete of a stuck pod did not return in time")
+        .unwrap();
+    within(h.kill("bystander", "", libc::SIGKILL as u32))
+        .await
+        .ok();
+    within(h.delete("bystander", "")).await.unwrap();
+    h.shutdown().await;
+    h.assert_clean();
+}

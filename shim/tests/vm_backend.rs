@@ -23,7 +23,11 @@ fn console_arg() -> &'static str {
     r#"for a in "$@"; do case "$a" in file:*) c=${a#file:};; esac; done"#
 }
 
-async fn start_with(vmm_body: &str, timeout: u64) -> (tempfile::TempDir, String, PodDir) {
+async fn start_with(
+    pod_id: &str,
+    vmm_body: &str,
+    timeout: u64,
+) -> (tempfile::TempDir, String, PodDir) {
     let dir = tempfile::Builder::new()
         .prefix("cocoon-vm-test")
         .tempdir()
@@ -35,7 +39,7 @@ async fn start_with(vmm_body: &str, timeout: u64) -> (tempfile::TempDir, String,
         agent_timeout_secs: timeout,
         ..Config::default()
     };
-    let pod = PodDir::new(&cfg.run_dir, "pod1");
+    let pod = PodDir::new(&cfg.run_dir, pod_id);
     std::fs::create_dir_all(pod.shared()).unwrap();
     let mut b = VmBackend::new(cfg, pod.clone());
     let err = b
@@ -77,6 +81,7 @@ fn assert_stopped(pod: &PodDir) {
 #[tokio::test]
 async fn vmm_exit_reports_the_console_tail() {
     let (_d, msg, pod) = start_with(
+        &format!("vmm-exit-{}", std::process::id()),
         r#"echo "booting"  >"$c"; echo "Kernel panic - not syncing: fake" >>"$c"; exit 2"#,
         30,
     )
@@ -88,7 +93,12 @@ async fn vmm_exit_reports_the_console_tail() {
 
 #[tokio::test]
 async fn agent_timeout_reports_the_console_tail() {
-    let (_d, msg, pod) = start_with(r#"echo "guest says hi" >"$c"; exec sleep 1000"#, 1).await;
+    let (_d, msg, pod) = start_with(
+        &format!("agent-timeout-{}", std::process::id()),
+        r#"echo "guest says hi" >"$c"; exec sleep 1000"#,
+        1,
+    )
+    .await;
     assert!(msg.contains("did not answer within 1 s"), "{msg}");
     assert!(msg.contains("guest says hi"), "{msg}");
     assert_stopped(&pod);

@@ -14,6 +14,8 @@ pub const MAX_VCPUS: u8 = 64;
 pub const DEFAULT_VCPUS: u8 = 1;
 /// Default memory in MiB.
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// Default cap of a console file and its `.1` together (1 MiB).
+pub const DEFAULT_CONSOLE_LIMIT: u64 = crate::bounded_log::DEFAULT_LIMIT;
 
 /// Errors in a `VmConfig`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,6 +39,9 @@ pub enum ConfigError {
         /// Host RAM in MiB.
         host: u64,
     },
+    /// A console size limit of 0.
+    #[error("--console-limit: must be at least 1")]
+    ConsoleLimit,
     /// A vsock CID that is reserved or too large.
     #[error("vsock cid {0} is invalid; use a cid between 3 and 4294967295")]
     VsockCid(u64),
@@ -133,7 +138,9 @@ pub enum SerialOutput {
     /// Our standard output.
     #[default]
     Stdout,
-    /// A file (created or truncated).
+    /// A file, created or truncated with mode 0600 (not through a symlink)
+    /// and capped at `VmConfig::console_limit` bytes together with its
+    /// `.1` (`bounded_log::RingFile`).
     File(PathBuf),
     /// Dropped.
     None,
@@ -152,6 +159,9 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Console output.
     pub serial: SerialOutput,
+    /// Most bytes a `SerialOutput::File` console keeps (the file and its
+    /// `.1` together, newest bytes); at least 1.
+    pub console_limit: u64,
     /// Feed our stdin into the serial port (only when it is a terminal).
     pub serial_input: bool,
     /// Create the in-kernel irqchip (LAPIC/IOAPIC/PIC) and PIT. Without it,
@@ -203,6 +213,7 @@ impl VmConfig {
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             serial: SerialOutput::Stdout,
+            console_limit: DEFAULT_CONSOLE_LIMIT,
             serial_input: false,
             irqchip: true,
             allow_slow_kvm: false,
@@ -243,6 +254,9 @@ impl VmConfig {
                     host,
                 });
             }
+        }
+        if self.console_limit == 0 {
+            return Err(ConfigError::ConsoleLimit);
         }
         if let Some(v) = &self.vsock {
             if v.cid < 3 || v.cid > u64::from(u32::MAX) {
@@ -292,7 +306,18 @@ mod tests {
         assert_eq!(cfg.vcpus, 1);
         assert_eq!(cfg.memory_mib, 128);
         assert!(cfg.irqchip);
+        assert_eq!(cfg.console_limit, 1 << 20);
         assert!(cfg.validate_with_host_mib(Some(1024)).is_ok());
+    }
+
+    #[test]
+    fn console_limit_zero_is_refused() {
+        let mut cfg = VmConfig::kernel("/vmlinux");
+        cfg.console_limit = 0;
+        let err = cfg.validate_with_host_mib(None).unwrap_err();
+        assert_eq!(err.to_string(), "--console-limit: must be at least 1");
+        cfg.console_limit = 1;
+        assert!(cfg.validate_with_host_mib(None).is_ok());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 pub mod arch;
 pub mod boot;
+pub mod bounded_log;
 pub mod cmdline;
 pub mod config;
 pub mod devices;

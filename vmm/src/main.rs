@@ -1,10 +1,13 @@
 //! `cocoon-vmm`: boot a Linux guest (or report why not) and exit with a
 //! code that says how the guest ended.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use cocoon_vmm::bounded_log::{LineLimiter, RingFile, DEFAULT_LIMIT, DEFAULT_LINES_PER_SECOND};
 use cocoon_vmm::devices::virtio::block::{Block, BlockConfig};
 use cocoon_vmm::devices::virtio::fs::FsConfig;
 use cocoon_vmm::devices::virtio::net::{Net, NetConfig};
@@ -46,9 +49,16 @@ struct Args {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = cocoon_vmm::config::DEFAULT_MEMORY_MIB)]
     memory: u64,
-    /// Where the guest console goes: stdout, file:PATH or none.
+    /// Where the guest console goes: stdout, file:PATH or none. A PATH is
+    /// created with mode 0600 (a symlink is refused) and capped by
+    /// --console-limit.
     #[arg(long, value_name = "WHERE", default_value = "stdout", value_parser = parse_serial)]
     serial: SerialOutput,
+    /// Cap on --serial file:PATH: PATH and PATH.1 together keep at most
+    /// BYTES, the newest (when PATH would pass BYTES/2 it becomes PATH.1
+    /// and a new PATH starts).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_LIMIT, value_parser = parse_limit)]
+    console_limit: u64,
     /// Boot even when /dev/kvm is PVM or otherwise software-backed (very slow).
     #[arg(long, env = "COCOON_ALLOW_PVM", value_parser = clap::builder::FalseyValueParser::new())]
     allow_slow_kvm: bool,
@@ -73,8 +83,25 @@ struct Args {
     #[arg(long = "fs", value_name = "tag=TAG,socket=PATH[,queues=N][,queue_size=N]", value_parser = parse_fs)]
     fs: Vec<FsConfig>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    /// At most 100 log lines a second are written; a later
+    /// "cocoon-vmm: K log lines suppressed" line counts the rest.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     log_level: String,
+    /// Write the log to PATH (mode 0600, a symlink is refused) instead of
+    /// stderr, capped by --log-limit like the console.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// Cap on --log-file: PATH and PATH.1 together keep at most BYTES, the newest.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_LIMIT, value_parser = parse_limit)]
+    log_limit: u64,
+}
+
+fn parse_limit(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a number of bytes")),
+    }
 }
 
 fn parse_serial(s: &str) -> Result<SerialOutput, String> {
@@ -128,17 +155,41 @@ fn parse_fs(s: &str) -> Result<FsConfig, String> {
     cocoon_vmm::devices::virtio::fs::parse_fs_options(s).map_err(|e| e.to_string())
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
+fn init_logging(args: &Args) -> anyhow::Result<()> {
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
+    let level = &args.log_level;
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v).context("invalid RUST_LOG")?,
         _ => EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))?,
     };
-    tracing_subscriber::fmt()
+    let subscriber = match &args.log_file {
+        Some(path) => {
+            let file = RingFile::open(path, args.log_limit).context("cannot open --log-file")?;
+            log_subscriber(filter, Box::new(file), false)
+        }
+        None => log_subscriber(filter, Box::new(std::io::stderr()), true),
+    };
+    subscriber.try_init().context("cannot install the logger")
+}
+
+/// The fmt subscriber writing to `sink` through the line-rate limiter.
+fn log_subscriber(
+    filter: tracing_subscriber::EnvFilter,
+    sink: Box<dyn Write + Send>,
+    terminal: bool,
+) -> impl tracing::Subscriber + Send + Sync {
+    let writer = Mutex::new(LineLimiter::new(sink, DEFAULT_LINES_PER_SECOND));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    Ok(())
+        .with_writer(writer);
+    // Colours only where a terminal may show them.
+    if terminal {
+        builder
+    } else {
+        builder.with_ansi(false)
+    }
+    .finish()
 }
 
 /// Puts the terminal on stdin in raw mode and restores it when dropped.
@@ -177,7 +228,7 @@ impl Drop for RawTerminal {
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
-    init_logging(&args.log_level)?;
+    init_logging(&args)?;
     if args.kernel.as_os_str().is_empty() {
         bail!("--kernel is empty; pass the vmlinux printed by guest-kernel/build.sh");
     }
@@ -190,6 +241,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         vcpus: args.vcpus,
         memory_mib: args.memory,
         serial: args.serial,
+        console_limit: args.console_limit,
         serial_input: true,
         irqchip: true,
         allow_slow_kvm: args.allow_slow_kvm,
@@ -329,6 +381,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("socket=<path> is missing"), "{err}");
+    }
+
+    #[test]
+    fn limits_parse_and_refuse_zero() {
+        let args = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k"]).unwrap();
+        assert_eq!((args.console_limit, args.log_limit), (1 << 20, 1 << 20));
+        assert!(args.log_file.is_none());
+        let args = Args::try_parse_from([
+            "cocoon-vmm",
+            "--kernel",
+            "/k",
+            "--console-limit",
+            "4096",
+            "--log-file",
+            "/run/vmm.log",
+            "--log-limit",
+            "65536",
+        ])
+        .unwrap();
+        assert_eq!((args.console_limit, args.log_limit), (4096, 65536));
+        assert_eq!(args.log_file, Some(PathBuf::from("/run/vmm.log")));
+        for opt in ["--console-limit", "--log-limit"] {
+            let err = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", opt, "0"])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(opt) && err.contains("must be at least 1"),
+                "{err}"
+            );
+            let err = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", opt, "1M"])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a number of bytes"), "{err}");
+        }
+    }
+
+    #[test]
+    fn log_file_is_capped_and_rate_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmm.log");
+        let file = RingFile::open(&path, 8192).unwrap();
+        let filter = tracing_subscriber::EnvFilter::new("debug");
+        let start = std::time::Instant::now();
+        tracing::subscriber::with_default(log_subscriber(filter, Box::new(file), false), || {
+            for i in 0..20_000 {
+                tracing::warn!(i, "the guest did something odd");
+            }
+        });
+        let seconds = start.elapsed().as_secs() + 1;
+        let mut text = std::fs::read(dir.path().join("vmm.log.1")).unwrap_or_default();
+        text.extend(std::fs::read(&path).unwrap());
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.len() <= 8192, "{} bytes", text.len());
+        assert!(text.contains("the guest did something odd"));
+        assert!(!text.contains('\x1b'), "no colours in a file");
+        let lines = text.lines().count() as u64;
+        assert!(
+            lines <= (DEFAULT_LINES_PER_SECOND as u64 + 1) * seconds,
+            "{lines} lines"
+        );
     }
 
     #[test]

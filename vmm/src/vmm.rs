@@ -15,6 +15,7 @@ use crate::arch::x86_64::layout::{
     VIRTIO_FIRST_GSI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_MAX_SLOTS, VIRTIO_MMIO_SLOT_SIZE,
 };
 use crate::boot::{self, BootError};
+use crate::bounded_log::{BoundedLogError, RingFile};
 use crate::cmdline::MmioDeclaration;
 use crate::config::{BootSource, ConfigError, SerialOutput, VmConfig};
 use crate::devices::bus::{Bus, BusError, SharedDevice};
@@ -66,14 +67,8 @@ pub enum VmmError {
     #[error("no free virtio-mmio slot (at most {VIRTIO_MMIO_MAX_SLOTS} devices)")]
     NoVirtioSlot,
     /// The serial output file cannot be created.
-    #[error("cannot create serial output file {path}")]
-    SerialOutput {
-        /// The path.
-        path: std::path::PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot set up the serial console file")]
+    SerialOutput(#[source] BoundedLogError),
     /// Registering a QueueNotify ioeventfd failed.
     #[error("cannot register the QueueNotify ioeventfd of the virtio device at {base:#x}")]
     Ioeventfd {
@@ -103,16 +98,13 @@ pub enum VmmError {
     },
 }
 
-fn serial_sink(output: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmError> {
+fn serial_sink(output: &SerialOutput, limit: u64) -> Result<Box<dyn Write + Send>, VmmError> {
     Ok(match output {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::None => Box::new(std::io::sink()),
         SerialOutput::Buffer(buf) => Box::new(buf.clone()),
         SerialOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| VmmError::SerialOutput {
-                path: path.clone(),
-                source,
-            })?)
+            Box::new(RingFile::open(path, limit).map_err(VmmError::SerialOutput)?)
         }
     })
 }
@@ -156,7 +148,7 @@ impl VmmBuilder {
         let serial_evt = vm.irq_eventfd(SERIAL_IRQ)?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             serial_evt,
-            serial_sink(&config.serial)?,
+            serial_sink(&config.serial, config.console_limit)?,
             exit.clone(),
         )));
         pio.insert(

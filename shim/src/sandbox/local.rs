@@ -1,5 +1,5 @@
 //! The local backend: `cocoon-agent` on the host over Unix sockets, no VM.
-//! The agent's share dir is the pod's share dir itself, so storage, specs
+//! The agent uses the pod's private share tree directly, so storage, specs
 //! and stdio take exactly the path they take with a VM.
 
 use std::path::PathBuf;
@@ -21,6 +21,7 @@ pub struct LocalBackend {
     timeout: Duration,
     proc: Option<Supervised>,
     dead_tx: watch::Sender<bool>,
+    call_timeout: Duration,
 }
 
 impl LocalBackend {
@@ -32,7 +33,14 @@ impl LocalBackend {
             timeout,
             proc: None,
             dead_tx: watch::channel(false).0,
+            call_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The deadline of this pod's agent calls.
+    pub fn with_call_timeout(mut self, t: Duration) -> Self {
+        self.call_timeout = t;
+        self
     }
 }
 
@@ -49,7 +57,7 @@ impl Backend for LocalBackend {
             .arg("--state-dir")
             .arg(self.pod.agent_state())
             .arg("--share-dir")
-            .arg(self.pod.shared())
+            .arg(self.pod.private())
             .arg("--cgroup-parent")
             .arg(format!("/cocoon-{}", self.sandbox_id))
             .stdin(Stdio::null())
@@ -93,6 +101,20 @@ impl Backend for LocalBackend {
         }
         remove_cgroups(&format!("cocoon-{}", self.sandbox_id));
         Ok(())
+    }
+
+    fn share_flags(&self) -> crate::storage::ShareFlags {
+        crate::storage::ShareFlags::Local
+    }
+
+    fn agent_call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    fn kill_now(&self) {
+        if let Some(p) = &self.proc {
+            p.kill_now();
+        }
     }
 
     fn pid(&self) -> u32 {

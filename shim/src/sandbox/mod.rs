@@ -2,7 +2,9 @@
 //! hypervisor. [`vm::VmBackend`] boots a micro-VM; [`local::LocalBackend`]
 //! runs `cocoon-agent` on the host (tests, no isolation).
 
+pub mod cgroup;
 pub mod local;
+pub mod output;
 pub mod pod_dir;
 pub mod process;
 pub mod vm;
@@ -39,6 +41,8 @@ pub enum SandboxError {
     },
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    #[error("the pod cgroup: {0}")]
+    Cgroup(String),
 }
 
 /// How to reach the agent of a running pod.
@@ -59,6 +63,17 @@ pub trait Backend: Send + Sync {
     async fn start(&mut self) -> Result<Endpoints, SandboxError>;
     /// Stops and removes everything `start` created; idempotent.
     async fn stop(&mut self) -> Result<(), SandboxError>;
+    /// Kills the VM (or the local agent) at once, without waiting: for an
+    /// agent that stopped answering. `dead()` turns true when it is gone.
+    fn kill_now(&self);
+    /// How the pod's share is set up on the host.
+    fn share_flags(&self) -> crate::storage::ShareFlags {
+        crate::storage::ShareFlags::Vm
+    }
+    /// The deadline of the pod's agent calls (but the long polls).
+    fn agent_call_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(30)
+    }
     /// The host pid reported for every task of the pod (the VMM's, as
     /// Kata does; the agent's for the local backend).
     fn pid(&self) -> u32;

@@ -20,14 +20,31 @@ impl PodDir {
         &self.root
     }
 
-    /// Exported to the guest over virtio-fs (or given to a local agent).
+    /// Exported to the guest over virtio-fs (or given to a local agent):
+    /// a read-only view of [`PodDir::private`] (see `storage`).
     pub fn shared(&self) -> PathBuf {
         self.root.join("shared")
     }
 
-    /// `<shared>/<container id>`: the container's rootfs and bind mounts.
-    pub fn container(&self, id: &str) -> PathBuf {
-        self.shared().join(id)
+    /// Where the shim prepares each container's rootfs and binds; never
+    /// exported writable.
+    pub fn private(&self) -> PathBuf {
+        self.root.join("private")
+    }
+
+    /// The VMM's own diagnostics (bounded by the VMM).
+    pub fn vmm_log(&self) -> PathBuf {
+        self.root.join("vmm.log")
+    }
+
+    /// The VMM's stderr (a start-up error or a panic).
+    pub fn vmm_stderr(&self) -> PathBuf {
+        self.root.join("vmm.stderr")
+    }
+
+    /// The pod cgroup's path, for teardown after a killed shim.
+    pub fn cgroup_record(&self) -> PathBuf {
+        self.root.join("cgroup")
     }
 
     /// Hybrid vsock Unix socket of the VMM.
@@ -65,15 +82,25 @@ impl PodDir {
         self.root.join("agent-state")
     }
 
-    /// Last `n` lines of the guest console, for error messages.
+    /// Last `n` lines of the guest console, for error messages (the VMM
+    /// keeps it as `console.log.1` + `console.log`, bounded).
     pub fn console_tail(&self, n: usize) -> String {
-        let text = std::fs::read(self.console_log()).unwrap_or_default();
+        let mut older = self.console_log().into_os_string();
+        older.push(".1");
+        let mut text = std::fs::read(older).unwrap_or_default();
+        text.extend(std::fs::read(self.console_log()).unwrap_or_default());
         let text = String::from_utf8_lossy(&text);
         let lines: Vec<&str> = text.lines().collect();
         let start = lines.len().saturating_sub(n);
         if lines.is_empty() {
             return "(no console output)".into();
         }
-        lines[start..].join("\n")
+        let tail = lines[start..].join("\n");
+        // A guest can print one endless line: quote its end only.
+        let cut = tail.len().saturating_sub(4096);
+        let cut = (cut..tail.len())
+            .find(|i| tail.is_char_boundary(*i))
+            .unwrap_or(tail.len());
+        tail[cut..].to_string()
     }
 }

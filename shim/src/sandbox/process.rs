@@ -70,6 +70,13 @@ impl Supervised {
         done
     }
 
+    /// SIGKILL now, without waiting for the exit.
+    pub fn kill_now(&self) {
+        if self.exit_status().is_none() {
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; reaped when this returns.
     pub async fn stop(&self, grace: Duration) {
         if self.exit_status().is_none() {

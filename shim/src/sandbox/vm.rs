@@ -8,10 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cocoon_agent_protocol::address::{connect_agent, Address};
 use cocoon_agent_protocol::{DEFAULT_CONTROL_PORT, DEFAULT_STREAM_PORT};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use super::cgroup::{pod_cgroup_path, spawn_into, PodCgroup};
+use super::output::bounded_output;
 use super::process::Supervised;
 use super::{Backend, Endpoints, PodDir, SandboxError};
 use crate::config::Config;
@@ -23,12 +24,28 @@ pub const GUEST_CID: u32 = 3;
 /// Console lines quoted in errors.
 const CONSOLE_TAIL: usize = 20;
 
+/// Cap on the VMM's stderr file (start-up errors and panics only).
+const STDERR_LIMIT: u64 = 64 << 10;
+/// How much of a log an error message quotes.
+const TAIL_BYTES: usize = 4096;
+
+/// The last [`TAIL_BYTES`] of a log file, for an error message.
+fn tail(p: &Path) -> String {
+    let b = std::fs::read(p).unwrap_or_default();
+    String::from_utf8_lossy(&b[b.len().saturating_sub(TAIL_BYTES)..]).into_owned()
+}
+
+/// How long teardown waits for a pod cgroup to empty after `cgroup.kill`.
+const KILL_LIMIT: Duration = Duration::from_secs(10);
+
 pub struct VmBackend {
     cfg: Config,
     pod: PodDir,
+    /// The sandbox spec's `linux.cgroupsPath`, if any.
+    cgroups_path: Option<String>,
+    cgroup: Option<PodCgroup>,
     virtiofsd: Option<Supervised>,
     vmm: Option<Supervised>,
-    share_mounted: bool,
     dead_tx: watch::Sender<bool>,
 }
 
@@ -37,52 +54,48 @@ impl VmBackend {
         VmBackend {
             cfg,
             pod,
+            cgroups_path: None,
+            cgroup: None,
             virtiofsd: None,
             vmm: None,
-            share_mounted: false,
             dead_tx: watch::channel(false).0,
         }
     }
 
-    fn log_file(&self, p: &Path) -> Result<std::fs::File, SandboxError> {
-        std::fs::File::create(p).map_err(|source| SandboxError::Io {
-            what: format!("creating {}", p.display()),
-            source,
-        })
+    /// The pod's processes go into this cgroup (the sandbox's
+    /// `linux.cgroupsPath`) instead of `cocoon/<pod>`.
+    pub fn with_cgroups_path(mut self, path: Option<String>) -> Self {
+        self.cgroups_path = path.filter(|p| !p.is_empty());
+        self
     }
 
-    /// The share dir becomes a shared mount point, so that container
-    /// rootfs binds made after virtiofsd started propagate into its mount
-    /// namespace (it makes its copy a slave).
-    fn make_share_propagating(&mut self) -> Result<(), SandboxError> {
-        let shared = self.pod.shared();
-        let io = |what: &str, e: nix::Error| SandboxError::Io {
-            what: format!("{what} {}", shared.display()),
-            source: std::io::Error::from(e),
-        };
-        mount(
-            Some(&shared),
-            &shared,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| io("bind-mounting", e))?;
-        self.share_mounted = true;
-        mount(
-            None::<&str>,
-            &shared,
-            None::<&str>,
-            MsFlags::MS_SHARED,
-            None::<&str>,
-        )
-        .map_err(|e| io("making shared", e))?;
+    /// Creates the pod cgroup and records it in the pod dir for teardown
+    /// after a killed shim.
+    fn create_cgroup(&mut self) -> Result<(), SandboxError> {
+        let err = |e: super::cgroup::CgroupError| SandboxError::Cgroup(e.to_string());
+        let id = self
+            .pod
+            .root()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let rel = pod_cgroup_path(self.cgroups_path.as_deref(), &id).map_err(err)?;
+        let cg = PodCgroup::create(&rel).map_err(err)?;
+        cg.save(&self.pod.cgroup_record()).map_err(err)?;
+        self.cgroup = Some(cg);
+        Ok(())
+    }
+
+    fn join_cgroup(&self, cmd: &mut Command) -> Result<(), SandboxError> {
+        if let Some(cg) = &self.cgroup {
+            spawn_into(cmd, cg).map_err(|e| SandboxError::Cgroup(e.to_string()))?;
+        }
         Ok(())
     }
 
     async fn start_virtiofsd(&mut self) -> Result<(), SandboxError> {
         let sock = self.pod.virtiofsd_socket();
-        let log = self.log_file(&self.pod.virtiofsd_log())?;
+        let (out, err) = bounded_output(&self.pod.virtiofsd_log(), self.cfg.vmm_log_limit_bytes)?;
         let mut cmd = Command::new(&self.cfg.virtiofsd);
         cmd.arg("--socket-path")
             .arg(&sock)
@@ -90,19 +103,17 @@ impl VmBackend {
             .arg(self.pod.shared())
             .args(&self.cfg.virtiofsd_args)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|source| SandboxError::Io {
-                what: "virtiofsd log".into(),
-                source,
-            })?)
-            .stderr(log);
+            .stdout(out)
+            .stderr(err);
+        self.join_cgroup(&mut cmd)?;
         let p = Supervised::spawn("virtiofsd", cmd, &self.pod.pid_file("virtiofsd"))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
             if let Some(status) = p.exit_status() {
-                let log = std::fs::read_to_string(self.pod.virtiofsd_log()).unwrap_or_default();
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 return Err(SandboxError::EarlyExit {
                     what: "virtiofsd".into(),
-                    status: format!("{status}: {}", log.trim()),
+                    status: format!("{status}: {}", tail(&self.pod.virtiofsd_log()).trim()),
                 });
             }
             if tokio::time::Instant::now() >= deadline {
@@ -115,7 +126,7 @@ impl VmBackend {
         Ok(())
     }
 
-    fn vmm_command(&self) -> Command {
+    fn vmm_command(&self) -> Result<Command, SandboxError> {
         let mut cmd = Command::new(&self.cfg.vmm);
         let serial = if self.cfg.debug_console {
             format!("file:{}", self.pod.console_log().display())
@@ -149,10 +160,33 @@ impl VmBackend {
                 "tag={SHARE_TAG},socket={}",
                 self.pod.virtiofsd_socket().display()
             ))
+            .arg("--console-limit")
+            .arg(self.cfg.console_limit_bytes.to_string())
+            .arg("--log-file")
+            .arg(self.pod.vmm_log())
+            .arg("--log-limit")
+            .arg(self.cfg.vmm_log_limit_bytes.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        cmd
+            // A panic or a start-up error, kept for the error message;
+            // everything else goes to the bounded --log-file.
+            .stderr(bounded_output(&self.pod.vmm_stderr(), STDERR_LIMIT)?.1);
+        self.join_cgroup(&mut cmd)?;
+        Ok(cmd)
+    }
+
+    async fn start_processes(&mut self) -> Result<(), SandboxError> {
+        self.create_cgroup()?;
+        self.start_virtiofsd().await?;
+        let vmm = Supervised::spawn("cocoon-vmm", self.vmm_command()?, &self.pod.pid_file("vmm"))?;
+        let mut exited = vmm.exited();
+        let dead_tx = self.dead_tx.clone();
+        tokio::spawn(async move {
+            let _ = exited.wait_for(|s| s.is_some()).await;
+            let _ = dead_tx.send(true);
+        });
+        self.vmm = Some(vmm);
+        Ok(())
     }
 
     /// Retries `CONNECT 1024` until the agent answers a Check.
@@ -163,9 +197,12 @@ impl VmBackend {
         let mut last;
         loop {
             if let Some(status) = vmm.exit_status() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let stderr = tail(&self.pod.vmm_stderr());
                 return Err(SandboxError::EarlyExit {
                     what: format!(
-                        "cocoon-vmm; last guest console lines:\n{}\n",
+                        "cocoon-vmm ({}); last guest console lines:\n{}\n",
+                        stderr.trim(),
                         self.pod.console_tail(CONSOLE_TAIL)
                     ),
                     status,
@@ -197,16 +234,10 @@ impl VmBackend {
 #[async_trait]
 impl Backend for VmBackend {
     async fn start(&mut self) -> Result<Endpoints, SandboxError> {
-        self.make_share_propagating()?;
-        self.start_virtiofsd().await?;
-        let vmm = Supervised::spawn("cocoon-vmm", self.vmm_command(), &self.pod.pid_file("vmm"))?;
-        let mut exited = vmm.exited();
-        let dead_tx = self.dead_tx.clone();
-        tokio::spawn(async move {
-            let _ = exited.wait_for(|s| s.is_some()).await;
-            let _ = dead_tx.send(true);
-        });
-        self.vmm = Some(vmm);
+        if let Err(e) = self.start_processes().await {
+            let _ = self.stop().await;
+            return Err(e);
+        }
         let control = Address::HybridVsock {
             path: self.pod.vsock(),
             port: DEFAULT_CONTROL_PORT,
@@ -239,11 +270,32 @@ impl Backend for VmBackend {
         if let Some(v) = self.virtiofsd.take() {
             v.stop(Duration::from_secs(3)).await;
         }
-        if self.share_mounted {
-            let _ = umount2(&self.pod.shared(), MntFlags::MNT_DETACH);
-            self.share_mounted = false;
+        // Whatever they forked, or whatever did not stop: gone with the
+        // cgroup.
+        if let Some(cg) = self.cgroup.take() {
+            let r = tokio::task::spawn_blocking(move || cg.destroy(KILL_LIMIT)).await;
+            match r {
+                Ok(Ok(())) => {
+                    let _ = std::fs::remove_file(self.pod.cgroup_record());
+                }
+                Ok(Err(e)) => return Err(SandboxError::Cgroup(e.to_string())),
+                Err(e) => return Err(SandboxError::Cgroup(e.to_string())),
+            }
         }
         Ok(())
+    }
+
+    fn agent_call_timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg.agent_call_timeout_secs)
+    }
+
+    fn kill_now(&self) {
+        if let Some(cg) = &self.cgroup {
+            let _ = std::fs::write(cg.path.join("cgroup.kill"), "1");
+        }
+        if let Some(v) = &self.vmm {
+            v.kill_now();
+        }
     }
 
     fn pid(&self) -> u32 {

@@ -7,7 +7,10 @@ mod service;
 mod state;
 
 pub use pod::remove_pod_dir;
-pub use service::{pod_id_for, runtime_config_path, BackendFactory, TaskService, BUNDLE_POD_FILE};
+pub use service::{
+    pod_id_for, runtime_config_path, valid_id, BackendFactory, BundleRecord, PodParams,
+    TaskService, BUNDLE_POD_FILE,
+};
 
 /// Now as a protobuf timestamp.
 pub fn exit_timestamp_now(

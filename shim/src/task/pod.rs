@@ -2,24 +2,30 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
 
 use containerd_shim_protos::events::task::TaskOOM;
 
 use crate::agent_client::{Agent, AgentError};
 use crate::events::{publish, EventSink};
+use crate::rate_limit::RateLimit;
 use crate::sandbox::{Backend, PodDir, SandboxError};
-use crate::storage::has_mounts_below;
+use crate::storage::{self, has_mounts_below, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
-    #[error("creating {0}")]
-    Dir(String, #[source] std::io::Error),
+    #[error("preparing the pod directory")]
+    Dir(#[from] StorageError),
     #[error("starting the pod")]
     Backend(#[from] SandboxError),
     #[error("setting up the pod's agent")]
     Agent(#[from] AgentError),
 }
+
+/// OOM events a guest may send: a burst, then a few a second.
+const OOM_BURST: u32 = 20;
+const OOM_PER_SEC: u32 = 5;
 
 pub struct Pod {
     pub id: String,
@@ -27,31 +33,37 @@ pub struct Pod {
     pub agent: Agent,
     /// Where the guest sees `<pod>/shared`.
     pub guest_share: PathBuf,
-    pub containers: HashSet<String>,
+    /// How the share's binds are flagged on the host.
+    pub share_flags: storage::ShareFlags,
+    /// The pod's containers.
+    containers: SyncMutex<HashSet<String>>,
+    /// Every container the pod ever had; shared with the OOM forwarder,
+    /// which publishes only events naming one of them (an OOM kill may be
+    /// reported just after its container was deleted).
+    members: Arc<SyncMutex<HashSet<String>>>,
     /// Forwards the agent's OOM events; ends when the agent connection does.
     oom_forwarder: tokio::task::JoinHandle<()>,
 }
 
 impl Pod {
-    /// Creates the pod directory, starts the backend, sets up the sandbox
-    /// in the agent and starts the OOM event loop.
+    /// Creates the pod directory and share, starts the backend, sets up the
+    /// sandbox in the agent and starts the OOM event loop.
     pub async fn start(
         id: &str,
         mut backend: Box<dyn Backend>,
         events: Arc<dyn EventSink>,
     ) -> Result<Pod, PodError> {
         let dir = backend.pod_dir().clone();
-        for d in [dir.root().to_path_buf(), dir.shared()] {
-            std::fs::create_dir_all(&d).map_err(|e| PodError::Dir(d.display().to_string(), e))?;
-        }
         let started = async {
+            storage::setup_share(&dir, backend.share_flags())?;
             let ep = backend.start().await?;
-            let agent = Agent::connect(&ep.control, &ep.streams).await?;
+            let agent =
+                Agent::connect(&ep.control, &ep.streams, backend.agent_call_timeout()).await?;
             let share = agent.create_sandbox(id, &ep.share_tag).await?;
-            Ok::<_, PodError>((agent, share))
+            Ok::<_, PodError>((agent, share, backend.share_flags()))
         }
         .await;
-        let (agent, share) = match started {
+        let (agent, share, share_flags) = match started {
             Ok(v) => v,
             Err(e) => {
                 let _ = backend.stop().await;
@@ -59,27 +71,17 @@ impl Pod {
                 return Err(e);
             }
         };
-        let oom_agent = agent.clone();
-        let oom_forwarder = tokio::spawn(async move {
-            while let Ok(container_id) = oom_agent.next_oom().await {
-                tracing::info!(%container_id, "oom kill");
-                publish(
-                    events.as_ref(),
-                    TaskOOM {
-                        container_id,
-                        ..Default::default()
-                    },
-                )
-                .await;
-            }
-        });
+        let members: Arc<SyncMutex<HashSet<String>>> = Arc::default();
+        let oom_forwarder = spawn_oom_forwarder(id, agent.clone(), members.clone(), events);
         tracing::info!(pod = id, pid = backend.pid(), share = %share, "pod started");
         Ok(Pod {
             id: id.to_string(),
             backend,
             agent,
             guest_share: PathBuf::from(share),
-            containers: HashSet::new(),
+            share_flags,
+            containers: SyncMutex::default(),
+            members,
             oom_forwarder,
         })
     }
@@ -88,7 +90,27 @@ impl Pod {
         self.backend.pod_dir()
     }
 
-    /// Stops everything and removes the pod directory.
+    pub fn add_container(&self, id: &str) {
+        self.containers
+            .lock()
+            .expect("not poisoned")
+            .insert(id.to_string());
+        self.members
+            .lock()
+            .expect("not poisoned")
+            .insert(id.to_string());
+    }
+
+    pub fn remove_container(&self, id: &str) {
+        self.containers.lock().expect("not poisoned").remove(id);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.lock().expect("not poisoned").is_empty()
+    }
+
+    /// Stops everything and removes the pod directory. Bounded: the agent
+    /// gets its deadline, the VM is killed after that.
     pub async fn destroy(mut self) {
         if !*self.backend.dead().borrow() {
             if let Err(e) = self.agent.destroy_sandbox().await {
@@ -96,12 +118,12 @@ impl Pod {
             }
         }
         if let Err(e) = self.backend.stop().await {
-            tracing::warn!(pod = %self.id, error = %e, "stopping the backend");
+            tracing::warn!(pod = %self.id, error = %crate::task::rpc_error::chain(&e), "stopping the backend");
         }
         // The agent let the last OOM events go before DestroySandbox
         // returned; publish them before the shim may exit.
         let forwarder = &mut self.oom_forwarder;
-        if tokio::time::timeout(std::time::Duration::from_secs(2), forwarder)
+        if tokio::time::timeout(Duration::from_secs(2), forwarder)
             .await
             .is_err()
         {
@@ -112,8 +134,83 @@ impl Pod {
     }
 }
 
-/// Removes the pod directory unless something is still mounted in it.
+/// Decides which OOM events of a guest get published: only those naming a
+/// container of this pod (a guest could name any container on the host),
+/// at a bounded rate.
+struct OomGate {
+    rate: RateLimit,
+    foreign_log: RateLimit,
+}
+
+impl OomGate {
+    fn new() -> OomGate {
+        OomGate {
+            rate: RateLimit::new(OOM_BURST, OOM_PER_SEC),
+            foreign_log: RateLimit::new(1, 1),
+        }
+    }
+
+    fn admit(&mut self, pod: &str, id: &str, known: bool) -> bool {
+        if !known {
+            if let Some(n) = self.foreign_log.allow() {
+                tracing::warn!(pod, id = %id.escape_debug(), dropped_before = n, "the guest sent an OOM event for a container not in this pod; dropped");
+            }
+            return false;
+        }
+        match self.rate.allow() {
+            Some(n) => {
+                if n > 0 {
+                    tracing::warn!(
+                        pod,
+                        dropped = n,
+                        "OOM events over the rate limit were dropped"
+                    );
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Publishes the agent's OOM events that pass the [`OomGate`].
+fn spawn_oom_forwarder(
+    pod: &str,
+    agent: Agent,
+    containers: Arc<SyncMutex<HashSet<String>>>,
+    events: Arc<dyn EventSink>,
+) -> tokio::task::JoinHandle<()> {
+    let pod = pod.to_string();
+    tokio::spawn(async move {
+        let mut gate = OomGate::new();
+        while let Ok(container_id) = agent.next_oom().await {
+            let known = containers
+                .lock()
+                .expect("not poisoned")
+                .contains(&container_id);
+            if !gate.admit(&pod, &container_id, known) {
+                continue;
+            }
+            tracing::info!(%container_id, "oom kill");
+            publish(
+                events.as_ref(),
+                TaskOOM {
+                    container_id,
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+    })
+}
+
+/// Unmounts the pod share and removes the pod directory, unless something
+/// is still mounted in it.
 pub fn remove_pod_dir(dir: &PodDir) {
+    for id in storage::recorded_containers(dir) {
+        storage::unshare_container(dir, &id);
+    }
+    storage::teardown_share(dir);
     if has_mounts_below(dir.root()) {
         tracing::warn!(dir = %dir.root().display(), "still mounted; not removing");
         return;
@@ -122,5 +219,21 @@ pub fn remove_pod_dir(dir: &PodDir) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(dir = %dir.root().display(), error = %e, "removing the pod dir");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_events_only_for_own_containers_and_bounded() {
+        let mut g = OomGate::new();
+        assert!(!g.admit("p", "someone-elses-container", false));
+        assert!(g.admit("p", "mine", true));
+        // A guest flooding OOM events for its own container: a burst goes
+        // through, then a few a second.
+        let passed = (0..10_000).filter(|_| g.admit("p", "mine", true)).count();
+        assert!(passed < OOM_BURST as usize + 5, "{passed}");
     }
 }

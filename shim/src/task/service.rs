@@ -1,6 +1,6 @@
 //! The `Task` trait implementation: every RPC of `containerd.task.v2.Task`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,21 +27,73 @@ use crate::storage;
 
 type Res<T> = ttrpc::Result<T>;
 
-/// Makes the backend of a new pod from its sandbox id and the runtime
-/// options' `ConfigPath` (if any); the error names the bad config field.
-pub type BackendFactory =
-    Arc<dyn Fn(&str, Option<&Path>) -> Result<Box<dyn Backend>, String> + Send + Sync>;
+/// What the backend of a new pod is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct PodParams<'a> {
+    pub sandbox_id: &'a str,
+    /// The runtime options' `ConfigPath`, if any.
+    pub config_path: Option<&'a Path>,
+    /// The sandbox spec's `linux.cgroupsPath`, if any.
+    pub cgroups_path: Option<&'a str>,
+}
+
+/// Makes the backend of a new pod; the error names the bad config field.
+pub type BackendFactory = Arc<dyn Fn(&PodParams) -> Result<Box<dyn Backend>, String> + Send + Sync>;
+
+/// How long a create waits for the same pod's teardown to finish.
+const POD_TEARDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub const ANNOTATION_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const ANNOTATION_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-/// Written into the bundle: which pod a container belongs to (read by the
-/// `delete` command after a killed shim).
-pub const BUNDLE_POD_FILE: &str = "cocoon-sandbox-id";
+/// Written into the bundle: which pod a container belongs to and the
+/// runtime's `ConfigPath` (read by the `delete` command after a killed
+/// shim).
+pub const BUNDLE_POD_FILE: &str = "cocoon-sandbox.json";
 
+/// The contents of [`BUNDLE_POD_FILE`].
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BundleRecord {
+    pub pod_id: String,
+    pub config_path: Option<PathBuf>,
+}
+
+/// The shim's state. Its lock is only ever held for short, synchronous
+/// bookkeeping: never across a VM boot, an agent call or a teardown, so
+/// one slow pod or container never blocks another's State/Kill/Wait.
 #[derive(Default)]
 pub struct State {
     pub pods: HashMap<String, Pod>,
     pub containers: HashMap<String, Container>,
+    /// Containers being created (not in `containers` yet) -> their pod.
+    creating: HashMap<String, String>,
+    /// Pods being torn down outside the lock.
+    destroying: HashSet<String>,
+    /// Serialises the creates of one pod (its VM boot included).
+    pod_locks: HashMap<String, Arc<Mutex<()>>>,
+}
+
+impl State {
+    /// A teardown begun by [`State::take_if_unused`] has finished.
+    fn destroyed(&mut self, pod_id: &str) {
+        self.destroying.remove(pod_id);
+    }
+
+    /// Whether a pod still has a container, or one on its way.
+    fn pod_in_use(&self, pod_id: &str) -> bool {
+        self.pods.get(pod_id).is_some_and(|p| !p.is_empty())
+            || self.creating.values().any(|p| p == pod_id)
+    }
+
+    /// Takes an unused pod out of the state for teardown (the caller
+    /// destroys it outside the lock, then calls [`State::destroyed`]).
+    fn take_if_unused(&mut self, pod_id: &str) -> Option<Pod> {
+        if self.pod_in_use(pod_id) {
+            return None;
+        }
+        let pod = self.pods.remove(pod_id)?;
+        self.destroying.insert(pod_id.to_string());
+        Some(pod)
+    }
 }
 
 pub struct Shared {
@@ -86,6 +138,11 @@ pub fn runtime_config_path(any: &Any) -> Option<PathBuf> {
     }
 }
 
+/// Whether `id` is a valid container or sandbox id (it names files).
+pub fn valid_id(id: &str) -> bool {
+    cocoon_agent_protocol::stream_header::validate_id("id", id).is_ok()
+}
+
 fn check_id(field: &'static str, id: &str) -> Res<()> {
     cocoon_agent_protocol::stream_header::validate_id(field, id)
         .map_err(|e| rpc::invalid(e.to_string()))
@@ -107,43 +164,107 @@ impl TaskService {
         publish(self.shared.events.as_ref(), e).await;
     }
 
-    /// Destroys the pod if no container is left in it.
-    async fn reap_pod_if_empty(&self, st: &mut State, pod_id: &str) {
-        if st.pods.get(pod_id).is_some_and(|p| p.containers.is_empty()) {
-            if let Some(p) = st.pods.remove(pod_id) {
-                p.destroy().await;
-            }
+    /// Destroys `pod` (taken out of the state) without holding the lock.
+    async fn destroy_pod(&self, pod: Pod) {
+        let id = pod.id.clone();
+        pod.destroy().await;
+        self.shared.state.lock().await.destroyed(&id);
+    }
+
+    /// Kills the VM of `pod_id` at once: its agent stopped answering.
+    async fn kill_pod_vm(&self, pod_id: &str, why: &str) {
+        let st = self.shared.state.lock().await;
+        if let Some(p) = st.pods.get(pod_id) {
+            tracing::warn!(pod = pod_id, "{why}: stopping the pod's VM");
+            p.backend.kill_now();
         }
     }
 
-    async fn create_inner(&self, st: &mut State, req: &CreateTaskRequest) -> Res<u32> {
+    /// Creates the container in its pod (booting the pod first if it is
+    /// new). Holds the pod's own create lock, never the state lock across
+    /// a boot or an agent call.
+    async fn create_in_pod(
+        &self,
+        req: &CreateTaskRequest,
+        mut spec: Spec,
+        pod_id: &str,
+        pod_lock: Arc<Mutex<()>>,
+    ) -> Res<(Container, u32)> {
         let id = req.id.as_str();
         let bundle = PathBuf::from(&req.bundle);
-        let mut spec = Spec::load(bundle.join("config.json"))
-            .map_err(|e| rpc::invalid(format!("reading {}/config.json: {e}", bundle.display())))?;
-        let pod_id = pod_id_for(id, &spec);
-        check_id("sandbox id", &pod_id)?;
-        if !st.pods.contains_key(&pod_id) {
-            let config_path = req.options.as_ref().and_then(runtime_config_path);
-            let backend =
-                (self.shared.factory)(&pod_id, config_path.as_deref()).map_err(rpc::invalid)?;
-            let pod = Pod::start(&pod_id, backend, self.shared.events.clone())
+        let _pod_guard = pod_lock.lock().await;
+        // A pod of the same id that is still being torn down finishes first.
+        let waited = std::time::Instant::now();
+        let exists = loop {
+            let st = self.shared.state.lock().await;
+            if !st.destroying.contains(pod_id) {
+                break st.pods.contains_key(pod_id);
+            }
+            drop(st);
+            if waited.elapsed() > POD_TEARDOWN_WAIT {
+                return Err(rpc::status(
+                    ttrpc::Code::UNAVAILABLE,
+                    format!("pod {pod_id} is still being torn down"),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let config_path = req.options.as_ref().and_then(runtime_config_path);
+        // Recorded before anything is created, so that `delete` after a
+        // shim killed at any point below finds the pod and its config.
+        let record = BundleRecord {
+            pod_id: pod_id.to_string(),
+            config_path: config_path.clone(),
+        };
+        std::fs::write(
+            bundle.join(BUNDLE_POD_FILE),
+            serde_json::to_vec(&record).unwrap_or_default(),
+        )
+        .map_err(|e| rpc::internal(&e))?;
+        if !exists {
+            let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+            let cgroups_path = cgroups_path.map(|p| p.display().to_string());
+            let params = PodParams {
+                sandbox_id: pod_id,
+                config_path: config_path.as_deref(),
+                cgroups_path: cgroups_path.as_deref(),
+            };
+            let backend = (self.shared.factory)(&params).map_err(rpc::invalid)?;
+            let pod = Pod::start(pod_id, backend, self.shared.events.clone())
                 .await
                 .map_err(|e| rpc::status(ttrpc::Code::UNAVAILABLE, rpc::chain(&e)))?;
-            st.pods.insert(pod_id.clone(), pod);
+            self.shared
+                .state
+                .lock()
+                .await
+                .pods
+                .insert(pod_id.to_string(), pod);
         }
-        let pod = st.pods.get_mut(&pod_id).expect("pod just ensured");
+        let (agent, guest_share, dir, pid, flags) = {
+            let st = self.shared.state.lock().await;
+            let pod = st
+                .pods
+                .get(pod_id)
+                .ok_or_else(|| rpc::precondition(format!("the pod {pod_id} is gone")))?;
+            (
+                pod.agent.clone(),
+                pod.guest_share.clone(),
+                pod.dir().clone(),
+                pod.backend.pid(),
+                pod.share_flags,
+            )
+        };
         let mounted =
             storage::mount_bundle_rootfs(&bundle, &req.rootfs).map_err(|e| rpc::internal(&e))?;
-        let cdir = pod.dir().container(id);
-        let cleanup = |cdir: &Path| {
-            storage::unshare_container(cdir);
+        let cleanup = || {
+            storage::unshare_container(&dir, id);
             if mounted {
                 storage::unmount_bundle_rootfs(&bundle);
             }
         };
-        if let Err(e) = storage::share_container(&mut spec, &bundle, &cdir, &pod.guest_share, id) {
-            cleanup(&cdir);
+        if let Err(e) = storage::share_container(&mut spec, &bundle, &dir, &guest_share, id, flags)
+        {
+            cleanup();
             return Err(rpc::internal(&e));
         }
         if let Some(p) = spec.process_mut() {
@@ -156,38 +277,37 @@ impl TaskService {
             terminal: req.terminal,
         };
         let json = serde_json::to_vec(&spec).map_err(|e| rpc::internal(&e))?;
-        let agent = pod.agent.clone();
         if let Err(e) = agent
             .create_container(id, json, stdio.flags(), req.terminal)
             .await
         {
-            cleanup(&cdir);
+            if e.is_timeout() {
+                self.kill_pod_vm(pod_id, &e.to_string()).await;
+            }
+            cleanup();
             return Err(from_agent(e));
         }
         let io = match stdio::attach(&agent, id, "", &stdio).await {
             Ok(io) => io,
             Err(e) => {
                 let _ = agent.remove(id).await;
-                cleanup(&cdir);
+                cleanup();
                 return Err(rpc::internal(&e));
             }
         };
-        let _ = std::fs::write(bundle.join(BUNDLE_POD_FILE), &pod_id);
-        pod.containers.insert(id.to_string());
         let mut init = Process::new("", stdio, Vec::new());
         init.io = Some(io);
-        st.containers.insert(
-            id.to_string(),
+        Ok((
             Container {
                 id: id.to_string(),
-                pod_id,
+                pod_id: pod_id.to_string(),
                 bundle,
                 mounted_rootfs: mounted,
                 init,
                 execs: HashMap::new(),
             },
-        );
-        Ok(pod.backend.pid())
+            pid,
+        ))
     }
 
     fn pod_of<'a>(st: &'a State, id: &str) -> Res<(&'a Container, &'a Pod)> {
@@ -297,20 +417,40 @@ impl Task for TaskService {
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(rpc::unimplemented("restoring from a checkpoint"));
         }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = Spec::load(bundle.join("config.json"))
+            .map_err(|e| rpc::invalid(format!("reading {}/config.json: {e}", bundle.display())))?;
+        let pod_id = pod_id_for(&req.id, &spec);
+        check_id("sandbox id", &pod_id)?;
+        let pod_lock = {
+            let mut st = self.shared.state.lock().await;
+            if st.containers.contains_key(&req.id) || st.creating.contains_key(&req.id) {
+                return Err(rpc::status(
+                    ttrpc::Code::ALREADY_EXISTS,
+                    format!("container {}: already exists", req.id),
+                ));
+            }
+            st.creating.insert(req.id.clone(), pod_id.clone());
+            st.pod_locks.entry(pod_id.clone()).or_default().clone()
+        };
+        let created = self.create_in_pod(&req, spec, &pod_id, pod_lock).await;
         let mut st = self.shared.state.lock().await;
-        if st.containers.contains_key(&req.id) {
-            return Err(rpc::status(
-                ttrpc::Code::ALREADY_EXISTS,
-                format!("container {}: already exists", req.id),
-            ));
-        }
-        let pid = match self.create_inner(&mut st, &req).await {
-            Ok(pid) => pid,
+        st.creating.remove(&req.id);
+        let pid = match created {
+            Ok((c, pid)) => {
+                if let Some(p) = st.pods.get(&pod_id) {
+                    p.add_container(&req.id);
+                }
+                st.containers.insert(req.id.clone(), c);
+                pid
+            }
             Err(e) => {
-                let bundle_pod = Spec::load(Path::new(&req.bundle).join("config.json"))
-                    .map(|s| pod_id_for(&req.id, &s))
-                    .unwrap_or_default();
-                self.reap_pod_if_empty(&mut st, &bundle_pod).await;
+                let _ = std::fs::remove_file(Path::new(&req.bundle).join(BUNDLE_POD_FILE));
+                let unused = st.take_if_unused(&pod_id);
+                drop(st);
+                if let Some(pod) = unused {
+                    self.destroy_pod(pod).await;
+                }
                 return Err(e);
             }
         };
@@ -339,45 +479,62 @@ impl Task for TaskService {
     }
 
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> Res<StartResponse> {
-        let mut st = self.shared.state.lock().await;
-        let (c, pod) = Self::pod_of(&st, &req.id)?;
-        let (agent, pid, dead) = (pod.agent.clone(), pod.backend.pid(), pod.backend.dead());
-        let p = c
-            .process(&req.exec_id)
-            .ok_or_else(|| rpc::not_found(format!("process {} in {}", req.exec_id, req.id)))?;
-        if p.status != Status::CREATED {
-            return Err(rpc::precondition(format!(
-                "process {:?} of {} is {:?}, not created",
-                req.exec_id, req.id, p.status
-            )));
-        }
-        if req.exec_id.is_empty() {
-            agent.start_container(&req.id).await.map_err(from_agent)?;
+        let (agent, pid, dead, pod_id, spec_json, stdio) = {
+            let st = self.shared.state.lock().await;
+            let (c, pod) = Self::pod_of(&st, &req.id)?;
+            let p = c
+                .process(&req.exec_id)
+                .ok_or_else(|| rpc::not_found(format!("process {} in {}", req.exec_id, req.id)))?;
+            if p.status != Status::CREATED {
+                return Err(rpc::precondition(format!(
+                    "process {:?} of {} is {:?}, not created",
+                    req.exec_id, req.id, p.status
+                )));
+            }
+            (
+                pod.agent.clone(),
+                pod.backend.pid(),
+                pod.backend.dead(),
+                c.pod_id.clone(),
+                p.spec_json.clone(),
+                p.stdio.clone(),
+            )
+        };
+        let called = if req.exec_id.is_empty() {
+            agent.start_container(&req.id).await
         } else {
-            let (json, stdio) = (p.spec_json.clone(), p.stdio.clone());
             agent
-                .exec_process(&req.id, &req.exec_id, json, stdio.flags())
+                .exec_process(&req.id, &req.exec_id, spec_json, stdio.flags())
                 .await
-                .map_err(from_agent)?;
-            let io = stdio::attach(&agent, &req.id, &req.exec_id, &stdio)
-                .await
-                .map_err(|e| rpc::internal(&e))?;
+        };
+        if let Err(e) = called {
+            if e.is_timeout() {
+                self.kill_pod_vm(&pod_id, &e.to_string()).await;
+            }
+            return Err(from_agent(e));
+        }
+        let io = if req.exec_id.is_empty() {
+            None
+        } else {
+            Some(
+                stdio::attach(&agent, &req.id, &req.exec_id, &stdio)
+                    .await
+                    .map_err(|e| rpc::internal(&e))?,
+            )
+        };
+        {
+            let mut st = self.shared.state.lock().await;
             if let Some(p) = st
                 .containers
                 .get_mut(&req.id)
                 .and_then(|c| c.process_mut(&req.exec_id))
             {
-                p.io = Some(io);
+                if io.is_some() {
+                    p.io = io;
+                }
+                p.status = Status::RUNNING;
             }
         }
-        if let Some(p) = st
-            .containers
-            .get_mut(&req.id)
-            .and_then(|c| c.process_mut(&req.exec_id))
-        {
-            p.status = Status::RUNNING;
-        }
-        drop(st);
         spawn_exit_watcher(
             self.shared.clone(),
             agent,
@@ -413,6 +570,7 @@ impl Task for TaskService {
         let (c, pod) = Self::pod_of(&st, &req.id)?;
         let pid = pod.backend.pid();
         let agent = pod.agent.clone();
+        let dir = pod.dir().clone();
         let p = c
             .process(&req.exec_id)
             .ok_or_else(|| rpc::not_found(format!("process {} in {}", req.exec_id, req.id)))?;
@@ -435,20 +593,34 @@ impl Task for TaskService {
             }
             return Ok(resp);
         }
-        if let Err(e) = agent.remove(&req.id).await {
-            tracing::warn!(id = %req.id, error = %rpc::chain(&e), "RemoveContainer failed");
-        }
         let c = st.containers.remove(&req.id).expect("checked above");
-        if let Some(pod) = st.pods.get_mut(&c.pod_id) {
-            storage::unshare_container(&pod.dir().container(&c.id));
-            pod.containers.remove(&c.id);
+        if let Some(pod) = st.pods.get(&c.pod_id) {
+            pod.remove_container(&c.id);
         }
+        let dead = st
+            .pods
+            .get(&c.pod_id)
+            .is_some_and(|p| *p.backend.dead().borrow());
+        drop(st);
+        // Outside the lock, with the agent's deadline: an agent that does
+        // not answer gets its VM stopped, and the delete goes on.
+        if !dead {
+            if let Err(e) = agent.remove(&req.id).await {
+                tracing::warn!(id = %req.id, error = %rpc::chain(&e), "RemoveContainer failed");
+                if e.is_timeout() {
+                    self.kill_pod_vm(&c.pod_id, &e.to_string()).await;
+                }
+            }
+        }
+        storage::unshare_container(&dir, &c.id);
         if c.mounted_rootfs {
             storage::unmount_bundle_rootfs(&c.bundle);
         }
         let _ = std::fs::remove_file(c.bundle.join(BUNDLE_POD_FILE));
-        self.reap_pod_if_empty(&mut st, &c.pod_id).await;
-        drop(st);
+        let unused = self.shared.state.lock().await.take_if_unused(&c.pod_id);
+        if let Some(pod) = unused {
+            self.destroy_pod(pod).await;
+        }
         self.publish(TaskDelete {
             container_id: req.id.clone(),
             pid,
@@ -480,13 +652,14 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> Res<Empty> {
-        let mut st = self.shared.state.lock().await;
-        let agent = Self::pod_of(&st, &req.id)?.1.agent.clone();
+        let agent = {
+            let st = self.shared.state.lock().await;
+            Self::pod_of(&st, &req.id)?.1.agent.clone()
+        };
         agent.pause(&req.id).await.map_err(from_agent)?;
-        if let Some(c) = st.containers.get_mut(&req.id) {
+        if let Some(c) = self.shared.state.lock().await.containers.get_mut(&req.id) {
             c.init.status = Status::PAUSED;
         }
-        drop(st);
         self.publish(TaskPaused {
             container_id: req.id.clone(),
             ..Default::default()
@@ -496,15 +669,16 @@ impl Task for TaskService {
     }
 
     async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> Res<Empty> {
-        let mut st = self.shared.state.lock().await;
-        let agent = Self::pod_of(&st, &req.id)?.1.agent.clone();
+        let agent = {
+            let st = self.shared.state.lock().await;
+            Self::pod_of(&st, &req.id)?.1.agent.clone()
+        };
         agent.resume(&req.id).await.map_err(from_agent)?;
-        if let Some(c) = st.containers.get_mut(&req.id) {
+        if let Some(c) = self.shared.state.lock().await.containers.get_mut(&req.id) {
             if c.init.status == Status::PAUSED {
                 c.init.status = Status::RUNNING;
             }
         }
-        drop(st);
         self.publish(TaskResumed {
             container_id: req.id.clone(),
             ..Default::default()
@@ -520,20 +694,35 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> Res<Empty> {
-        let agent = {
+        let (agent, pod_id) = {
             let st = self.shared.state.lock().await;
-            let agent = Self::pod_of(&st, &req.id)?.1.agent.clone();
+            let (c, pod) = Self::pod_of(&st, &req.id)?;
             let p = Self::process_of(&st, &req.id, &req.exec_id)?;
             if p.exit().is_some() {
                 return Err(rpc::not_found("process already finished"));
             }
-            agent
+            (pod.agent.clone(), c.pod_id.clone())
         };
-        agent
+        match agent
             .signal(&req.id, &req.exec_id, req.signal, req.all)
             .await
-            .map_err(from_agent)?;
-        Ok(Empty::new())
+        {
+            Ok(()) => Ok(Empty::new()),
+            // The agent stopped answering: the pod's VM is stopped, which
+            // ends every process in it (their exits are published as 255).
+            Err(e) if e.is_timeout() => {
+                self.kill_pod_vm(&pod_id, &e.to_string()).await;
+                if req.signal == libc::SIGKILL as u32 {
+                    Ok(Empty::new())
+                } else {
+                    Err(rpc::status(
+                        ttrpc::Code::DEADLINE_EXCEEDED,
+                        format!("{}; the pod's VM was stopped", rpc::chain(&e)),
+                    ))
+                }
+            }
+            Err(e) => Err(from_agent(e)),
+        }
     }
 
     async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> Res<Empty> {
@@ -682,15 +871,16 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> Res<Empty> {
-        let mut st = self.shared.state.lock().await;
-        if !st.containers.is_empty() {
-            return Ok(Empty::new());
-        }
-        let pods: Vec<String> = st.pods.keys().cloned().collect();
-        for id in pods {
-            if let Some(p) = st.pods.remove(&id) {
-                p.destroy().await;
+        let pods: Vec<Pod> = {
+            let mut st = self.shared.state.lock().await;
+            if !st.containers.is_empty() || !st.creating.is_empty() {
+                return Ok(Empty::new());
             }
+            let ids: Vec<String> = st.pods.keys().cloned().collect();
+            ids.iter().filter_map(|id| st.take_if_unused(id)).collect()
+        };
+        for p in pods {
+            self.destroy_pod(p).await;
         }
         tracing::info!("shutdown: no containers left, exiting");
         self.shared.exit.signal();

@@ -61,7 +61,7 @@ pub fn op_timeout() -> Duration {
     }
 }
 
-fn vm_config(run_dir: &Path) -> cocoon_shim::config::Config {
+fn vm_config(run_dir: &Path, call_timeout: Duration) -> cocoon_shim::config::Config {
     let var = |v: &str| -> PathBuf {
         std::env::var_os(v)
             .unwrap_or_else(|| panic!("{v} is not set (the VM backend needs it)"))
@@ -73,6 +73,7 @@ fn vm_config(run_dir: &Path) -> cocoon_shim::config::Config {
         initrd: var("COCOON_AGENT_INITRD"),
         run_dir: run_dir.to_path_buf(),
         agent_timeout_secs: 150,
+        agent_call_timeout_secs: call_timeout.as_secs().max(1),
         ..Default::default()
     }
 }
@@ -87,6 +88,11 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Harness {
+        Harness::start_with_call_timeout(Duration::from_secs(60)).await
+    }
+
+    /// A harness whose pods give up on an agent call after `call_timeout`.
+    pub async fn start_with_call_timeout(call_timeout: Duration) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("COCOON_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
@@ -100,23 +106,30 @@ impl Harness {
         let events = Arc::new(RecordedEvents::default());
         let exit = Arc::new(ExitSignal::default());
         let factory: cocoon_shim::task::BackendFactory = if vm_backend() {
-            let cfg = vm_config(&run_dir);
-            Arc::new(move |sid: &str, _cfg: Option<&Path>| {
-                let b: Box<dyn Backend> = Box::new(cocoon_shim::sandbox::vm::VmBackend::new(
-                    cfg.clone(),
-                    PodDir::new(&cfg.run_dir, sid),
-                ));
+            let cfg = vm_config(&run_dir, call_timeout);
+            Arc::new(move |p: &cocoon_shim::task::PodParams| {
+                let b: Box<dyn Backend> = Box::new(
+                    cocoon_shim::sandbox::vm::VmBackend::new(
+                        cfg.clone(),
+                        PodDir::new(&cfg.run_dir, p.sandbox_id),
+                    )
+                    .with_cgroups_path(p.cgroups_path.map(str::to_string)),
+                );
                 Ok(b)
             })
         } else {
             let agent = agent_bin();
-            Arc::new(move |sid: &str, _cfg: Option<&Path>| {
-                let b: Box<dyn Backend> = Box::new(LocalBackend::new(
-                    agent.clone(),
-                    PodDir::new(&run_dir, sid),
-                    sid,
-                    Duration::from_secs(10),
-                ));
+            Arc::new(move |p: &cocoon_shim::task::PodParams| {
+                let sid = p.sandbox_id;
+                let b: Box<dyn Backend> = Box::new(
+                    LocalBackend::new(
+                        agent.clone(),
+                        PodDir::new(&run_dir, sid),
+                        sid,
+                        Duration::from_secs(10),
+                    )
+                    .with_call_timeout(call_timeout),
+                );
                 Ok(b)
             })
         };

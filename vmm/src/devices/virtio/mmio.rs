@@ -109,7 +109,8 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         if self.activated {
-            tracing::debug!(
+            crate::limited!(
+                debug,
                 device_type = self.device.device_type(),
                 "virtio device reset"
             );
@@ -144,7 +145,8 @@ impl MmioTransport {
         }
         let added = value & !old;
         if added & FAILED != 0 {
-            tracing::warn!(
+            crate::limited!(
+                warn,
                 device_type = self.device.device_type(),
                 "virtio driver marked the device failed"
             );
@@ -219,7 +221,7 @@ impl MmioTransport {
         {
             Ok(()) => self.activated = true,
             Err(e) => {
-                tracing::warn!(error = %e, "virtio device activation failed");
+                crate::limited!(warn, error = %e, "virtio device activation failed");
                 self.needs_reset();
             }
         }

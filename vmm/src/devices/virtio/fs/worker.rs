@@ -195,7 +195,8 @@ fn serve(ctx: &mut WorkerContext, index: usize, resync: bool) {
     };
     let drained = fail_pending(queue, &ctx.mem, index == 0, resync);
     if drained.completed + drained.malformed > 0 {
-        tracing::debug!(
+        crate::limited!(
+            debug,
             queue = index,
             ?drained,
             "virtio-fs requests failed with EIO"

@@ -89,7 +89,8 @@ impl<B: VsockBackend> VsockCore<B> {
 
     fn mark_broken(&mut self, index: usize, why: &str) {
         if !self.broken {
-            tracing::error!(
+            crate::limited!(
+                error,
                 queue = index,
                 why,
                 "vsock device broken; it stops processing"

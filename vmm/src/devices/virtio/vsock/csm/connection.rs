@@ -184,7 +184,8 @@ impl<S: ConnStream> VsockConnection<S> {
     /// Handle an expired deadline.
     pub fn check_deadline(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| d <= now) {
-            tracing::debug!(
+            crate::limited!(
+                debug,
                 local_port = self.local_port,
                 peer_port = self.peer_port,
                 state = ?self.state,
@@ -296,7 +297,7 @@ impl<S: ConnStream> VsockConnection<S> {
                     return None;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "vsock host socket read failed");
+                    crate::limited!(debug, error = %e, "vsock host socket read failed");
                     self.kill();
                     self.emit(pkt, OP_RST, 0, 0);
                     self.pending = 0;
@@ -371,7 +372,7 @@ impl<S: ConnStream> VsockConnection<S> {
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        tracing::debug!(error = %e, "vsock host socket write failed");
+                        crate::limited!(debug, error = %e, "vsock host socket write failed");
                         self.kill();
                         return;
                     }
@@ -418,7 +419,7 @@ impl<S: ConnStream> VsockConnection<S> {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "vsock host socket write failed");
+                    crate::limited!(debug, error = %e, "vsock host socket write failed");
                     self.kill();
                 }
             }

@@ -207,7 +207,7 @@ impl VsockMuxer {
             want |= EventSet::OUT;
         }
         if let Err(e) = self.set_interest(fd, want) {
-            tracing::warn!(error = %e, "vsock epoll update failed; resetting connection");
+            crate::limited!(warn, error = %e, "vsock epoll update failed; resetting connection");
             if let Some(conn) = self.conns.get_mut(&key) {
                 conn.kill();
             }
@@ -336,7 +336,7 @@ impl VsockMuxer {
                 self.insert_conn((hdr.dst_port, hdr.src_port), conn);
             }
             Err(e) => {
-                tracing::debug!(port = hdr.dst_port, error = %e, "nothing listens for the guest's connection; reset");
+                crate::limited!(debug, port = hdr.dst_port, error = %e, "nothing listens for the guest's connection; reset");
                 self.enqueue_rst(hdr);
             }
         }
