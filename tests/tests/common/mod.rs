@@ -1,0 +1,410 @@
+//! Helpers shared by the `ctr` end-to-end tests (ctr_run.rs,
+//! ctr_host_boundary.rs): our own containerd (tests/ctr/containerd.sh), the
+//! busybox image built from busybox-static, `--runtime io.containerd.cocoon.v2`.
+// Each test binary uses a different subset of these.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "cocoon.local/busybox:latest";
+pub const RUNTIME: &str = "io.containerd.cocoon.v2";
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn target_bin(name: &str) -> PathBuf {
+    let p = repo().join("target/debug").join(name);
+    assert!(
+        p.exists(),
+        "{} missing: cargo build -p {}",
+        p.display(),
+        name
+    );
+    p
+}
+
+/// The VM backend needs a cocoon-vmm with hybrid vsock and virtio-fs: a
+/// VMM without them is a broken build, not a reason to skip.
+pub fn assert_vmm_supported() {
+    let backend = std::env::var("COCOON_E2E_BACKEND").unwrap_or_else(|_| "vm".into());
+    if backend != "vm" {
+        return;
+    }
+    let vmm = std::env::var("COCOON_VMM").expect("COCOON_VMM is not set: run `make e2e`");
+    let help = Command::new(&vmm)
+        .arg("--help")
+        .output()
+        .expect("run cocoon-vmm --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--vsock") && help.contains("--fs"),
+        "{vmm} has no --vsock/--fs"
+    );
+}
+
+macro_rules! require_supported_vmm {
+    () => {
+        common::assert_vmm_supported()
+    };
+}
+
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Containerd {
+    pub fn start(tag: &str) -> Containerd {
+        let dir = PathBuf::from(format!("/tmp/cocoon-e2e-ctr-{}-{tag}", std::process::id()));
+        let run_dir = PathBuf::from(format!("/run/cocoon-e2e-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let backend = std::env::var("COCOON_E2E_BACKEND").unwrap_or_else(|_| "vm".into());
+        let mut cfg = format!(
+            "backend = \"{backend}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\nagent = \"{}\"\nagent_timeout_secs = 120\n",
+            run_dir.display(),
+            target_bin("cocoon-agent").display()
+        );
+        if backend == "vm" {
+            for (key, var) in [
+                ("vmm", "COCOON_VMM"),
+                ("kernel", "COCOON_KERNEL"),
+                ("initrd", "COCOON_AGENT_INITRD"),
+            ] {
+                let v = std::env::var(var)
+                    .unwrap_or_else(|_| panic!("{var} is not set (make e2e sets it)"));
+                cfg.push_str(&format!("{key} = \"{v}\"\n"));
+            }
+        }
+        let cfg_path = dir.join("cocoon.toml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let shim_dir = target_bin("containerd-shim-cocoon-v2")
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let path = format!(
+            "{}:{}",
+            shim_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let env = vec![
+            ("PATH".to_string(), path),
+            ("COCOON_CONFIG".to_string(), cfg_path.display().to_string()),
+        ];
+        let d = Containerd { dir, run_dir, env };
+        let st = d.script("start");
+        assert!(
+            st.status.success(),
+            "containerd start: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        d
+    }
+
+    pub fn script(&self, verb: &str) -> Output {
+        // Bounded: a containerd that never answers must fail the test, not
+        // hang the session.
+        Command::new("timeout")
+            .arg("300")
+            .arg(repo().join("tests/ctr/containerd.sh"))
+            .arg(verb)
+            .arg(&self.dir)
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.dir.join("containerd.sock"))
+            .args(["-n", "cocoon"])
+            .args(args)
+            .envs(self.env.iter().cloned());
+        c
+    }
+
+    /// Runs ctr with a deadline; returns (exit code, stdout, stderr).
+    pub fn ctr_in(&self, args: &[&str], stdin: &[u8], limit: Duration) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = self
+            .ctr_cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut i = child.stdin.take().unwrap();
+        i.write_all(stdin).unwrap();
+        drop(i);
+        let start = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                panic!("ctr {args:?} took longer than {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> (i32, String, String) {
+        self.ctr_in(args, b"", Duration::from_secs(180))
+    }
+
+    pub fn run(&self, id: &str, extra: &[&str], cmd: &[&str]) -> (i32, String, String) {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+        a.extend_from_slice(extra);
+        a.push(IMAGE);
+        a.push(id);
+        a.extend_from_slice(cmd);
+        self.ctr(&a)
+    }
+
+    /// `ctr run -d ... ID sleep 1000`: a long-running container, detached.
+    pub fn run_detached(&self, id: &str) {
+        let (rc, _, err) = self.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]);
+        assert_eq!(rc, 0, "ctr run -d {id}: {err}");
+    }
+
+    /// Polls `ctr task ls` until a task is STOPPED (60 s at most).
+    pub fn wait_stopped(&self, why: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.ctr(&["task", "ls"]).1.contains("STOPPED") {
+            assert!(Instant::now() < deadline, "no STOPPED task: {why}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ctr task rm` and `ctr container rm`, both required to succeed.
+    pub fn remove(&self, id: &str) {
+        assert_eq!(self.ctr(&["task", "rm", id]).0, 0, "ctr task rm {id}");
+        assert_eq!(
+            self.ctr(&["container", "rm", id]).0,
+            0,
+            "ctr container rm {id}"
+        );
+    }
+
+    /// Nothing of ours is left: pod dirs, mounts, helper processes.
+    pub fn assert_clean(&self) {
+        let pods: Vec<_> = std::fs::read_dir(&self.run_dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(pods.is_empty(), "pod dirs left: {pods:?}");
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let run = self.run_dir.display().to_string();
+        assert!(!info.contains(&run), "mounts left under {run}");
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        let left: Vec<_> = ps.lines().filter(|l| l.contains(&run)).collect();
+        assert!(left.is_empty(), "processes left: {left:?}");
+    }
+}
+
+/// Cleanup and leftover checks that never panic: they run from `Drop`
+/// guards, also after a failed assertion.
+impl Containerd {
+    /// `ctr run -d ... EXTRA IMAGE ID CMD...`, required to succeed.
+    pub fn run_detached_with(&self, id: &str, extra: &[&str], cmd: &[&str]) {
+        let mut a = vec!["run", "-d", "--runtime", RUNTIME];
+        a.extend_from_slice(extra);
+        a.push(IMAGE);
+        a.push(id);
+        a.extend_from_slice(cmd);
+        let (rc, _, err) = self.ctr(&a);
+        assert_eq!(rc, 0, "ctr run -d {id}: {err}");
+    }
+
+    /// `ctr task exec --exec-id EXEC_ID ID CMD...`: (exit code, stdout, stderr).
+    pub fn exec(&self, id: &str, exec_id: &str, cmd: &[&str]) -> (i32, String, String) {
+        let mut a = vec!["task", "exec", "--exec-id", exec_id, id];
+        a.extend_from_slice(cmd);
+        self.ctr(&a)
+    }
+
+    /// ctr bounded by `timeout 60`, never panicking: (exit code, stdout).
+    pub fn ctr_quiet(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new("timeout")
+            .args(["60", "ctr", "--address"])
+            .arg(self.dir.join("containerd.sock"))
+            .args(["-n", "cocoon"])
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) => (
+                o.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+            ),
+            Err(_) => (-1, String::new()),
+        }
+    }
+
+    /// The pids of this containerd's shim serving `id` (a pod id): its
+    /// command line names the binary, `-id ID` and our `-address`.
+    pub fn shim_pids(&self, id: &str) -> Vec<i32> {
+        let sock = self.dir.join("containerd.sock").display().to_string();
+        processes()
+            .into_iter()
+            .filter(|(_, args)| {
+                args.first()
+                    .is_some_and(|a| a.ends_with("containerd-shim-cocoon-v2"))
+                    && args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+                    && args.windows(2).any(|w| w[0] == "-address" && w[1] == sock)
+            })
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// What of ours is left, empty when clean: pod dirs under the run dir,
+    /// mounts at or below it, processes naming it (VMM, virtiofsd).
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.run_dir) {
+            for e in rd.flatten() {
+                left.push(format!("pod dir {}", e.path().display()));
+            }
+        }
+        for m in mount_points() {
+            if m.starts_with(&self.run_dir) {
+                left.push(format!("mount {}", m.display()));
+            }
+        }
+        let run = self.run_dir.display().to_string();
+        for (pid, args) in processes() {
+            if pid as u32 != std::process::id() && args.iter().any(|a| a.contains(&run)) {
+                left.push(format!("process {pid}: {}", args.join(" ")));
+            }
+        }
+        left
+    }
+
+    /// Best effort, bounded, never panics: SIGKILLs and removes every task
+    /// and container, kills the processes that name our run dir and our
+    /// shims, unmounts what is left under the run dir, and removes it when
+    /// nothing is mounted there any more.
+    pub fn force_cleanup(&self) {
+        let (_, ls) = self.ctr_quiet(&["container", "ls", "-q"]);
+        let ids: Vec<&str> = ls.split_whitespace().collect();
+        for id in &ids {
+            self.ctr_quiet(&["task", "rm", "-f", id]);
+            self.ctr_quiet(&["container", "rm", id]);
+        }
+        let run = self.run_dir.display().to_string();
+        let sock = self.dir.join("containerd.sock").display().to_string();
+        for (pid, args) in processes() {
+            let ours = args.iter().any(|a| a.contains(&run))
+                || (args
+                    .first()
+                    .is_some_and(|a| a.ends_with("containerd-shim-cocoon-v2"))
+                    && args.contains(&sock));
+            if ours && pid as u32 != std::process::id() {
+                // SAFETY: kill(2) on a pid read from /proc; no memory involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let mut below: Vec<PathBuf> = mount_points()
+            .into_iter()
+            .filter(|m| m.starts_with(&self.run_dir))
+            .collect();
+        below.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in &below {
+            umount_detach(m);
+        }
+        if !mount_points().iter().any(|m| m.starts_with(&self.run_dir)) {
+            let _ = std::fs::remove_dir_all(&self.run_dir);
+        }
+    }
+}
+
+/// `umount2(path, MNT_DETACH)`, errors ignored.
+pub fn umount_detach(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a NUL-terminated path that outlives the call.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// Every mount point of our mount namespace (/proc/self/mountinfo, in
+/// order, duplicates kept: a mount stacked on another shows up twice).
+pub fn mount_points() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|mp| PathBuf::from(unescape_mountinfo(mp)))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every process with its arguments (/proc/PID/cmdline).
+pub fn processes() -> Vec<(i32, Vec<String>)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (!args.is_empty()).then_some((pid, args))
+        })
+        .collect()
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+        let _ = std::fs::remove_dir(&self.run_dir);
+    }
+}
