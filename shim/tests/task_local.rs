@@ -619,3 +619,71 @@ async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
     h.shutdown().await;
     h.assert_clean();
 }
+
+/// A Create that waits on a stuck agent (a second container joining a pod
+/// whose VM stopped answering) holds only its own pod: another pod's State
+/// answers at once, and the Create fails within the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_stuck_on_its_agent_does_not_block_other_pods() {
+    let call = Duration::from_secs(3);
+    let h = Harness::start_with_call_timeout(call).await;
+    let bystander = h.bundle("calm", &["sleep", "1000"], |_| {});
+    within(h.create("calm", &bystander, ("", "", ""), false))
+        .await
+        .unwrap();
+    let sbx = h.bundle("frozen", &["sleep", "1000"], |_| {});
+    within(h.create("frozen", &sbx, ("", "", ""), false))
+        .await
+        .unwrap();
+    let pid = within(h.start_task("frozen", "")).await.unwrap().pid;
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for _ in 0..100 {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        if st.contains(") T ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let joiner = h.bundle("frozen-2", &["true"], |s| {
+        let mut a = std::collections::HashMap::new();
+        a.insert(
+            "io.kubernetes.cri.container-type".to_string(),
+            "container".to_string(),
+        );
+        a.insert(
+            "io.kubernetes.cri.sandbox-id".to_string(),
+            "frozen".to_string(),
+        );
+        s.set_annotations(Some(a));
+    });
+    let bound = call + Duration::from_secs(10);
+    let create = async {
+        tokio::time::timeout(bound, h.create("frozen-2", &joiner, ("", "", ""), false)).await
+    };
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = std::time::Instant::now();
+        let st = tokio::time::timeout(Duration::from_secs(2), h.state("calm", "")).await;
+        (st, t.elapsed())
+    };
+    let (created, (st, took)) = tokio::join!(create, other);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    st.expect("State of another pod waited behind a Create stuck on its agent")
+        .unwrap();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let e = created
+        .unwrap_or_else(|_| panic!("Create did not return within {bound:?}"))
+        .expect_err("a Create whose agent never answers must fail");
+    assert!(format!("{e:?}").contains("no answer within"), "{e:?}");
+    // The stuck pod's VM was stopped: its running task exits.
+    let w = tokio::time::timeout(bound, h.wait("frozen", ""))
+        .await
+        .expect("Wait did not return after the stuck pod was stopped")
+        .unwrap();
+    assert_eq!(w.exit_status, 255);
+    within(h.delete("frozen", "")).await.unwrap();
+    within(h.delete("calm", "")).await.unwrap();
+    h.shutdown().await;
+    h.assert_clean();
+}
