@@ -474,13 +474,24 @@ fn delete_after_a_killed_shim_kills_the_pod_cgroup_and_removes_everything() {
     let rel = PathBuf::from(format!("cocoon-test/{}", std::process::id()));
     let cg = PodCgroup::create(&rel).unwrap();
     cg.save(&s.pod.cgroup_record()).unwrap();
+    // Whatever the outcome, the test's processes and cgroups go.
+    struct Reap(PodCgroup);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.destroy(Duration::from_secs(5));
+            let _ = std::fs::remove_dir(self.0.path.parent().unwrap());
+        }
+    }
+    let _reap = Reap(cg.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let pid = rt.block_on(async {
         let mut cmd = tokio::process::Command::new("sh");
-        cmd.args(["-c", "sleep 1000 & exec sleep 1000"]);
+        cmd.args(["-c", "sleep 1000 & exec sleep 1000"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         spawn_into(&mut cmd, &cg).unwrap();
         let child = cmd.spawn().unwrap();
         let pid = child.id().unwrap();
@@ -524,5 +535,4 @@ fn delete_after_a_killed_shim_kills_the_pod_cgroup_and_removes_everything() {
     // The image's rootfs got the guest's files (it is the container's), and
     // nothing else on the host changed.
     s.assert_host_unchanged();
-    let _ = std::fs::remove_dir(cg.path.parent().unwrap());
 }
