@@ -535,6 +535,31 @@ async fn memory_limit_oom_kill_publishes_an_oom_event() {
     h.assert_clean();
 }
 
+/// A process stopped with SIGSTOP (an agent, or a whole VM, that accepts
+/// connections and never answers), continued again when dropped.
+struct Frozen(nix::unistd::Pid);
+
+impl Frozen {
+    fn stop(pid: u32) -> Frozen {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        for _ in 0..100 {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            if st.contains(") T ") {
+                return Frozen(pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{pid} did not stop");
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 /// An agent that stops answering (its VM, or the local agent, stopped with
 /// SIGSTOP: connections are accepted, nothing comes back). Kill and Delete
 /// must finish within the call deadline, the VM must be gone, and another
@@ -552,28 +577,8 @@ async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
         .await
         .unwrap();
     let pid = within(h.start_task("stuck", "")).await.unwrap().pid;
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    for _ in 0..100 {
-        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        if st.contains(") T ") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    eprintln!(
-        "stopped {pid}: {}",
-        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .unwrap()
-            .replace('\0', " ")
-    );
-    struct Cont(nix::unistd::Pid);
-    impl Drop for Cont {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
-        }
-    }
-    let _cont = Cont(pid);
+    let frozen = Frozen::stop(pid);
+    let pid = frozen.0;
     // Kill: bounded by the call deadline (plus slack), not forever; while
     // it waits on the stuck agent, the other pod answers at once.
     let bound = call + Duration::from_secs(10);
@@ -636,15 +641,7 @@ async fn a_create_stuck_on_its_agent_does_not_block_other_pods() {
         .await
         .unwrap();
     let pid = within(h.start_task("frozen", "")).await.unwrap().pid;
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    for _ in 0..100 {
-        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        if st.contains(") T ") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let frozen = Frozen::stop(pid);
     let joiner = h.bundle("frozen-2", &["true"], |s| {
         let mut a = std::collections::HashMap::new();
         a.insert(
@@ -668,7 +665,7 @@ async fn a_create_stuck_on_its_agent_does_not_block_other_pods() {
         (st, t.elapsed())
     };
     let (created, (st, took)) = tokio::join!(create, other);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    drop(frozen);
     st.expect("State of another pod waited behind a Create stuck on its agent")
         .unwrap();
     assert!(took < Duration::from_secs(2), "{took:?}");

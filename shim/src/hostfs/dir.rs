@@ -32,6 +32,42 @@ fn component(name: &str) -> Result<CString, HostFsError> {
     cstr(Path::new(name))
 }
 
+/// openat2(2): `path` beneath `dirfd` with `resolve` flags; the caller
+/// names the result in its error.
+pub(super) fn raw_openat2(
+    dirfd: BorrowedFd<'_>,
+    path: &std::ffi::CStr,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> std::io::Result<OwnedFd> {
+    // SAFETY: open_how is plain data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = if flags & libc::O_CREAT != 0 {
+        mode as u64
+    } else {
+        0
+    };
+    how.resolve = resolve;
+    // SAFETY: openat2 with a valid dir fd, a NUL-terminated path and a
+    // correctly sized open_how; the returned fd is owned below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 impl Dir {
     /// Opens a directory the host owns (the run dir, a pod dir the shim
     /// created, a container's rootfs given by containerd). The last
@@ -77,34 +113,10 @@ impl Dir {
         mode: u32,
         resolve: u64,
     ) -> Result<OwnedFd, HostFsError> {
-        let c = cstr(rel)?;
-        // SAFETY: open_how is plain data; all-zero is a valid value.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
         // No O_NOFOLLOW: with O_PATH it would hand back a symlink itself;
         // RESOLVE_NO_SYMLINKS refuses one in the last component too (ELOOP).
-        how.flags = (flags | libc::O_CLOEXEC) as u64;
-        how.mode = if flags & libc::O_CREAT != 0 {
-            mode as u64
-        } else {
-            0
-        };
-        how.resolve = resolve;
-        // SAFETY: openat2 with a valid dir fd, path and a correctly sized
-        // open_how; the returned fd is owned below.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd < 0 {
-            return last_os_error("opening", self.path.join(rel).display());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        raw_openat2(self.fd.as_fd(), &cstr(rel)?, flags, mode, resolve)
+            .map_err(sys_err("opening", self.path.join(rel).display()))
     }
 
     /// Opens `rel` beneath this directory: no symlink, no magic link, no
@@ -206,26 +218,14 @@ impl Dir {
             return true;
         }
         let Ok(c) = cstr(rel) else { return false };
-        // SAFETY: open_how is plain data; all-zero is a valid value.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-        how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-        // SAFETY: as in openat2 above; the fd is closed right away.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd < 0 {
-            return false;
-        }
-        // SAFETY: fd is ours and open.
-        drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        true
+        raw_openat2(
+            self.fd.as_fd(),
+            &c,
+            libc::O_PATH,
+            0,
+            libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        )
+        .is_ok()
     }
 }
 

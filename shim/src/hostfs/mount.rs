@@ -5,10 +5,11 @@
 //! propagated: the class of CVE-2020-28914).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::dir::raw_openat2;
 use super::{last_os_error, Dir, HostFsError};
 
 // <linux/mount.h>; stable kernel ABI since 5.2 (open_tree, move_mount) and
@@ -123,58 +124,39 @@ impl DetachedMount {
     /// Attaches the tree on the directory `target` (already resolved
     /// safely); consumes the detached copy.
     pub fn attach(self, target: &Dir) -> Result<(), HostFsError> {
-        let empty = c"";
-        // SAFETY: move_mount between two fds we hold, both with empty paths.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                self.fd.as_raw_fd(),
-                empty.as_ptr(),
-                std::os::fd::AsFd::as_fd(target).as_raw_fd(),
-                empty.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
-            )
-        };
-        if r < 0 {
-            return last_os_error("mounting onto", target.path().display());
-        }
-        Ok(())
+        self.move_to(target.as_fd(), &target.path().display())
     }
 
     /// Attaches the tree on the regular file `name` in `dir` (a file
     /// bind's target), without following a symlink there.
     pub fn attach_file(self, dir: &Dir, name: &str) -> Result<(), HostFsError> {
-        let c = CString::new(name).map_err(|_| HostFsError::BadName(name.to_string()))?;
         if name.contains('/') || name == ".." || name == "." || name.is_empty() {
             return Err(HostFsError::BadName(name.to_string()));
         }
-        // Open the target itself (O_PATH, no symlink), then attach onto the fd.
-        // SAFETY: open_how is plain data; all-zero is a valid value.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        let c = CString::new(name).map_err(|_| HostFsError::BadName(name.to_string()))?;
+        let path = dir.path().join(name);
         // RESOLVE_NO_SYMLINKS refuses a symlink at `name` (ELOOP); O_NOFOLLOW
         // would instead return the link itself.
-        how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-        how.resolve = libc::RESOLVE_BENEATH
-            | libc::RESOLVE_NO_SYMLINKS
-            | libc::RESOLVE_NO_MAGICLINKS
-            | libc::RESOLVE_NO_XDEV;
-        // SAFETY: openat2 with our dir fd, a NUL-terminated name and a
-        // correctly sized open_how; the fd is owned below.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                std::os::fd::AsFd::as_fd(dir).as_raw_fd(),
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        let path = dir.path().join(name);
-        if fd < 0 {
-            return last_os_error("opening", path.display());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let target = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let target = raw_openat2(
+            dir.as_fd(),
+            &c,
+            libc::O_PATH,
+            0,
+            libc::RESOLVE_BENEATH
+                | libc::RESOLVE_NO_SYMLINKS
+                | libc::RESOLVE_NO_MAGICLINKS
+                | libc::RESOLVE_NO_XDEV,
+        )
+        .map_err(super::sys_err("opening", path.display()))?;
+        self.move_to(target.as_fd(), &path.display())
+    }
+
+    /// move_mount(2) of this tree onto the object `target` refers to.
+    fn move_to(
+        self,
+        target: BorrowedFd<'_>,
+        what: &dyn std::fmt::Display,
+    ) -> Result<(), HostFsError> {
         let empty = c"";
         // SAFETY: move_mount between two fds we hold, both with empty paths.
         let r = unsafe {
@@ -188,7 +170,7 @@ impl DetachedMount {
             )
         };
         if r < 0 {
-            return last_os_error("mounting onto", path.display());
+            return last_os_error("mounting onto", what);
         }
         Ok(())
     }
