@@ -59,6 +59,15 @@ fn assert_stopped(pod: &PodDir) {
     for role in ["vmm", "virtiofsd"] {
         assert!(!pod.pid_file(role).exists(), "{role} pid file left");
     }
+    // The pod cgroup (and the shared parent, when no other pod uses it)
+    // went with the processes.
+    let root = cocoon_shim::sandbox::cgroup::cgroup2_root().expect("cgroup v2 is mounted");
+    let name = pod.root().file_name().unwrap();
+    let cg = root
+        .join(cocoon_shim::sandbox::cgroup::DEFAULT_PARENT)
+        .join(name);
+    assert!(!cg.exists(), "pod cgroup {} left", cg.display());
+    assert!(!pod.cgroup_record().exists(), "cgroup record left");
     let ps = std::process::Command::new("ps")
         .args(["-eo", "args"])
         .output()

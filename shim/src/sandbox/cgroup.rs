@@ -32,6 +32,10 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupE
     move |source| CgroupError::Io { what, path, source }
 }
 
+/// The parent of the pods' cgroups when the spec names none; shared by
+/// every pod, removed by the last one to go.
+pub const DEFAULT_PARENT: &str = "cocoon";
+
 /// Where cgroup v2 is mounted: `/sys/fs/cgroup` on a unified host, or the
 /// `unified` mount of a hybrid one.
 pub fn cgroup2_root() -> Option<PathBuf> {
@@ -60,7 +64,7 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 /// `slice:prefix:name`), or `cocoon/<pod id>`.
 pub fn pod_cgroup_path(spec_path: Option<&str>, pod_id: &str) -> Result<PathBuf, CgroupError> {
     let Some(p) = spec_path.filter(|p| !p.is_empty()) else {
-        return Ok(PathBuf::from("cocoon").join(pod_id));
+        return Ok(PathBuf::from(DEFAULT_PARENT).join(pod_id));
     };
     let rel = if let [slice, prefix, name] = p.split(':').collect::<Vec<_>>()[..] {
         // systemd: "kubepods-besteffort-pod1.slice:cri-containerd:abc" lives
@@ -112,14 +116,32 @@ impl PodCgroup {
         let root = cgroup2_root().ok_or(CgroupError::NoCgroup2)?;
         let path = root.join(rel);
         let mut created = Vec::new();
-        let mut cur = root.clone();
-        for c in rel.components() {
-            cur.push(c);
-            match std::fs::create_dir(&cur) {
-                Ok(()) => created.push(cur.clone()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io("creating cgroup", &cur)(e)),
+        // Another pod's teardown may remove a shared, empty parent between
+        // two mkdirs: start over then.
+        for attempt in 0..3 {
+            created.clear();
+            let mut cur = root.clone();
+            let mut raced = false;
+            for c in rel.components() {
+                cur.push(c);
+                match std::fs::create_dir(&cur) {
+                    Ok(()) => created.push(cur.clone()),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 2 => {
+                        raced = true;
+                        break;
+                    }
+                    Err(e) => return Err(io("creating cgroup", &cur)(e)),
+                }
             }
+            if !raced {
+                break;
+            }
+        }
+        // The default parent is everyone's: whoever leaves it empty removes it.
+        let shared_parent = root.join(DEFAULT_PARENT);
+        if path.parent() == Some(shared_parent.as_path()) && !created.contains(&shared_parent) {
+            created.insert(0, shared_parent);
         }
         let cg = PodCgroup { path, created };
         if cg.created.last() != Some(&cg.path) && cg.populated() {
