@@ -108,18 +108,45 @@ pub fn checks(cfg: &Config) -> Vec<CheckLine> {
             fix,
         ));
     }
-    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let v2 = crate::sandbox::cgroup::cgroup2_root();
     out.push(line(
         "cgroup v2",
-        v2,
-        if v2 {
-            "unified hierarchy at /sys/fs/cgroup".into()
-        } else {
-            "/sys/fs/cgroup is not cgroup v2 (the guest uses v2 regardless)".into()
+        v2.is_some(),
+        match &v2 {
+            Some(p) => format!("mounted at {} (pod cgroups go there)", p.display()),
+            None => {
+                "no cgroup2 mount: the pod's VMM and virtiofsd need a cgroup to be torn down by"
+                    .into()
+            }
         },
-        "boot the host with systemd.unified_cgroup_hierarchy=1",
+        "boot the host with systemd.unified_cgroup_hierarchy=1 (or mount cgroup2)",
     ));
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    out.push(host_kernel_line(release));
     out
+}
+
+/// The shim's host-side path and mount calls need Linux 5.12 (openat2,
+/// open_tree, move_mount, mount_setattr); cgroup.kill needs 5.14.
+pub fn host_kernel_line(release: &str) -> CheckLine {
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let v = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    line(
+        "host kernel",
+        v >= (5, 12),
+        format!(
+            "{release}{}",
+            if ((5, 12)..(5, 14)).contains(&v) {
+                " (no cgroup.kill: pods are killed pid by pid)"
+            } else {
+                ""
+            }
+        ),
+        "Linux 5.12 or newer is needed (openat2, open_tree, move_mount, mount_setattr)",
+    )
 }
 
 pub fn render(lines: &[CheckLine]) -> String {
@@ -192,6 +219,16 @@ mod tests {
         let v = lines.iter().find(|l| l.name == "virtiofsd").unwrap();
         assert!(!v.ok && v.fix.contains("cargo install virtiofsd"));
         assert!(render(&lines).contains("FAIL"));
+    }
+
+    #[test]
+    fn host_kernel_version() {
+        assert!(host_kernel_line("6.1.0-18-amd64").ok);
+        assert!(host_kernel_line("5.12.0").ok);
+        assert!(host_kernel_line("5.13.2").detail.contains("cgroup.kill"));
+        let old = host_kernel_line("5.10.0-28-amd64");
+        assert!(!old.ok && old.fix.contains("5.12"));
+        assert!(!host_kernel_line("garbage").ok);
     }
 
     #[test]
