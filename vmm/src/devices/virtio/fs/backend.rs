@@ -166,9 +166,23 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-/// Connect to `path`, naming the usual failures.
+/// How long a refused connection is retried: a backend binds its socket
+/// (so the file exists) a moment before it listens on it.
+const REFUSED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Connect to `path`, naming the usual failures. A refused connection is
+/// retried for up to [`REFUSED_RETRY`] (a socket bound but not listening
+/// yet); a stale socket is refused after that.
 pub fn connect_socket(path: &Path) -> Result<UnixStream, FsError> {
-    UnixStream::connect(path).map_err(|e| match e.kind() {
+    let deadline = std::time::Instant::now() + REFUSED_RETRY;
+    let mut r = UnixStream::connect(path);
+    while matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        r = UnixStream::connect(path);
+    }
+    r.map_err(|e| match e.kind() {
         ErrorKind::NotFound => FsError::SocketMissing(path.to_owned()),
         ErrorKind::ConnectionRefused => FsError::SocketRefused(path.to_owned()),
         _ => FsError::Connect {
