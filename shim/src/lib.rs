@@ -7,7 +7,6 @@ pub mod cleanup;
 pub mod config;
 pub mod events;
 pub mod hostfs;
-pub mod rate_limit;
 pub mod sandbox;
 pub mod shim;
 pub mod stdio;

@@ -107,63 +107,50 @@ pub fn setup_share(pod: &PodDir, flags: ShareFlags) -> Result<(), StorageError> 
         .map_err(StorageError::Share)?;
     let private = rootd.mkdir(PRIVATE, 0o755).map_err(StorageError::Share)?;
     let shared = rootd.mkdir(SHARED, 0o755).map_err(StorageError::Share)?;
-    let legacy = |what, target: &Path| {
-        let target = target.display().to_string();
-        move |source| StorageError::LegacyMount {
-            what,
-            target,
-            source,
-        }
+    // The old mount API on `/proc/self/fd/<safely opened dir>` paths.
+    let set = |src: Option<&Path>, at: &Dir, flags: MsFlags, what: &'static str| {
+        let target = at.proc_path("");
+        mount(src, &target, None::<&str>, flags, None::<&str>).map_err(|source| {
+            StorageError::LegacyMount {
+                what,
+                target: at.path().display().to_string(),
+                source,
+            }
+        })
     };
     // private: a mount point of its own, shared, so binds made below it
     // later reach `shared/` and virtiofsd's copy of it.
-    let p = private.proc_path("");
-    mount(Some(&p), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(legacy("binding", &pod.private()))?;
+    set(
+        Some(&private.proc_path("")),
+        &private,
+        MsFlags::MS_BIND,
+        "binding",
+    )?;
     let private = rootd
         .open_mounted_dir(PRIVATE)
         .map_err(StorageError::Share)?;
-    let p = private.proc_path("");
-    mount(
-        None::<&str>,
-        &p,
-        None::<&str>,
-        MsFlags::MS_SHARED,
-        None::<&str>,
-    )
-    .map_err(legacy("making shared", &pod.private()))?;
+    set(None, &private, MsFlags::MS_SHARED, "making shared")?;
     // shared: a bind of private (so it joins private's peer group), made
     // read-only, nosuid, nodev and then a slave: it receives private's
     // binds but sends nothing back. The old mount API is enough here:
     // virtiofsd does not run yet, so nothing can see `shared/` before it
     // is read-only.
-    let sp = shared.proc_path("");
-    mount(Some(&p), &sp, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(legacy("binding", &pod.shared()))?;
-    let s = rootd
+    set(
+        Some(&private.proc_path("")),
+        &shared,
+        MsFlags::MS_BIND,
+        "binding",
+    )?;
+    let shared = rootd
         .open_mounted_dir(SHARED)
         .map_err(StorageError::Share)?;
-    let sp = s.proc_path("");
-    mount(
-        None::<&str>,
-        &sp,
-        None::<&str>,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .map_err(legacy("making read-only", &pod.shared()))?;
-    mount(
-        None::<&str>,
-        &sp,
-        None::<&str>,
-        MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(legacy("making a slave", &pod.shared()))?;
+    let ro = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    set(None, &shared, ro, "making read-only")?;
+    set(None, &shared, MsFlags::MS_SLAVE, "making a slave")?;
     Ok(())
 }
 
@@ -299,6 +286,18 @@ pub enum ShareFlags {
     Local,
 }
 
+impl ShareFlags {
+    /// The flags of a bind into the share, read-only when `readonly`.
+    fn bind_attr(self, readonly: bool) -> MountAttr {
+        let hardened = self == ShareFlags::Vm;
+        MountAttr {
+            readonly,
+            nosuid: hardened,
+            nodev: hardened,
+        }
+    }
+}
+
 /// Shares the container's rootfs and bind mounts into `private/<id>` and
 /// rewrites `spec` for the guest, where that directory is
 /// `<guest_share>/<id>`. On error, what was already mounted is undone.
@@ -310,13 +309,6 @@ pub fn share_container(
     id: &str,
     flags: ShareFlags,
 ) -> Result<(), StorageError> {
-    let attr = |readonly| match flags {
-        ShareFlags::Vm => MountAttr::share(readonly),
-        ShareFlags::Local => MountAttr {
-            readonly,
-            ..MountAttr::default()
-        },
-    };
     let root = spec
         .root()
         .clone()
@@ -361,11 +353,17 @@ pub fn share_container(
             .open_mounted_dir(PRIVATE)
             .map_err(StorageError::Share)?;
         let cdir = private.mkdir(id, 0o755).map_err(StorageError::Share)?;
-        bind_into(&host_root, &cdir, ROOTFS, true, attr(host_ro), true).map_err(|source| {
-            StorageError::Bind {
-                what: format!("the rootfs {}", host_root.display()),
-                source,
-            }
+        bind_into(
+            &host_root,
+            &cdir,
+            ROOTFS,
+            true,
+            flags.bind_attr(host_ro),
+            true,
+        )
+        .map_err(|source| StorageError::Bind {
+            what: format!("the rootfs {}", host_root.display()),
+            source,
         })?;
         if !rec.binds.is_empty() {
             let mdir = cdir.mkdir(MOUNTS, 0o755).map_err(StorageError::Share)?;
@@ -373,12 +371,18 @@ pub fn share_container(
                 let m = &mounts[n];
                 let ro = has_option(m, "ro");
                 let recursive = !has_option(m, "bind") || has_option(m, "rbind");
-                bind_into(src, &mdir, &n.to_string(), is_dir, attr(ro), recursive).map_err(
-                    |source| StorageError::Bind {
-                        what: format!("mount {n} ({})", src.display()),
-                        source,
-                    },
-                )?;
+                bind_into(
+                    src,
+                    &mdir,
+                    &n.to_string(),
+                    is_dir,
+                    flags.bind_attr(ro),
+                    recursive,
+                )
+                .map_err(|source| StorageError::Bind {
+                    what: format!("mount {n} ({})", src.display()),
+                    source,
+                })?;
             }
         }
         Ok(())

@@ -560,6 +560,19 @@ impl Drop for Frozen {
     }
 }
 
+/// Two pods of one `sleep` container each: `calm` created, `stuck`
+/// started and then frozen with SIGSTOP.
+async fn calm_and_frozen_pods(h: &Harness, calm: &str, stuck: &str) -> Frozen {
+    for id in [calm, stuck] {
+        let bundle = h.bundle(id, &["sleep", "1000"], |_| {});
+        within(h.create(id, &bundle, ("", "", ""), false))
+            .await
+            .unwrap();
+    }
+    let pid = within(h.start_task(stuck, "")).await.unwrap().pid;
+    Frozen::stop(pid)
+}
+
 /// An agent that stops answering (its VM, or the local agent, stopped with
 /// SIGSTOP: connections are accepted, nothing comes back). Kill and Delete
 /// must finish within the call deadline, the VM must be gone, and another
@@ -568,16 +581,7 @@ impl Drop for Frozen {
 async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
     let call = Duration::from_secs(3);
     let h = Harness::start_with_call_timeout(call).await;
-    let bystander = h.bundle("bystander", &["sleep", "1000"], |_| {});
-    within(h.create("bystander", &bystander, ("", "", ""), false))
-        .await
-        .unwrap();
-    let bundle = h.bundle("stuck", &["sleep", "1000"], |_| {});
-    within(h.create("stuck", &bundle, ("", "", ""), false))
-        .await
-        .unwrap();
-    let pid = within(h.start_task("stuck", "")).await.unwrap().pid;
-    let frozen = Frozen::stop(pid);
+    let frozen = calm_and_frozen_pods(&h, "bystander", "stuck").await;
     let pid = frozen.0;
     // Kill: bounded by the call deadline (plus slack), not forever; while
     // it waits on the stuck agent, the other pod answers at once.
@@ -632,16 +636,7 @@ async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
 async fn a_create_stuck_on_its_agent_does_not_block_other_pods() {
     let call = Duration::from_secs(3);
     let h = Harness::start_with_call_timeout(call).await;
-    let bystander = h.bundle("calm", &["sleep", "1000"], |_| {});
-    within(h.create("calm", &bystander, ("", "", ""), false))
-        .await
-        .unwrap();
-    let sbx = h.bundle("frozen", &["sleep", "1000"], |_| {});
-    within(h.create("frozen", &sbx, ("", "", ""), false))
-        .await
-        .unwrap();
-    let pid = within(h.start_task("frozen", "")).await.unwrap().pid;
-    let frozen = Frozen::stop(pid);
+    let frozen = calm_and_frozen_pods(&h, "calm", "frozen").await;
     let joiner = h.bundle("frozen-2", &["true"], |s| {
         let mut a = std::collections::HashMap::new();
         a.insert(

@@ -32,18 +32,6 @@ pub enum HostFsError {
     BadName(String),
 }
 
-impl HostFsError {
-    /// The errno behind the error, if any.
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            HostFsError::Sys { source, .. } | HostFsError::Unsafe { source, .. } => {
-                source.raw_os_error()
-            }
-            HostFsError::BadName(_) => None,
-        }
-    }
-}
-
 /// Builds the error for a failed system call on `path`: the errnos that a
 /// refused symlink, magic link or mount crossing produce get their own
 /// variant, so that the message says what was in the way.

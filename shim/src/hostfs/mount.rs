@@ -39,16 +39,6 @@ pub struct MountAttr {
 }
 
 impl MountAttr {
-    /// nosuid,nodev, and read-only when `readonly`: what every bind into a
-    /// pod's share gets.
-    pub fn share(readonly: bool) -> MountAttr {
-        MountAttr {
-            readonly,
-            nosuid: true,
-            nodev: true,
-        }
-    }
-
     fn bits(self) -> u64 {
         let mut b = 0;
         if self.readonly {

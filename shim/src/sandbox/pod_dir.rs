@@ -4,6 +4,19 @@
 
 use std::path::{Path, PathBuf};
 
+/// How much of a log an error message quotes.
+pub const TAIL_BYTES: usize = 4096;
+
+/// The last [`TAIL_BYTES`] of a bounded log (`path.1`, then `path`, as the
+/// VMM and the shim's bounded writers keep it), as text.
+pub fn log_tail(path: &Path) -> String {
+    let mut older = path.as_os_str().to_owned();
+    older.push(".1");
+    let mut bytes = std::fs::read(older).unwrap_or_default();
+    bytes.extend(std::fs::read(path).unwrap_or_default());
+    String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(TAIL_BYTES)..]).into_owned()
+}
+
 #[derive(Debug, Clone)]
 pub struct PodDir {
     root: PathBuf,
@@ -82,25 +95,14 @@ impl PodDir {
         self.root.join("agent-state")
     }
 
-    /// Last `n` lines of the guest console, for error messages (the VMM
-    /// keeps it as `console.log.1` + `console.log`, bounded).
+    /// Last `n` lines of the guest console, for error messages (at most
+    /// [`TAIL_BYTES`]: a guest can print one endless line).
     pub fn console_tail(&self, n: usize) -> String {
-        let mut older = self.console_log().into_os_string();
-        older.push(".1");
-        let mut text = std::fs::read(older).unwrap_or_default();
-        text.extend(std::fs::read(self.console_log()).unwrap_or_default());
-        let text = String::from_utf8_lossy(&text);
+        let text = log_tail(&self.console_log());
         let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(n);
         if lines.is_empty() {
             return "(no console output)".into();
         }
-        let tail = lines[start..].join("\n");
-        // A guest can print one endless line: quote its end only.
-        let cut = tail.len().saturating_sub(4096);
-        let cut = (cut..tail.len())
-            .find(|i| tail.is_char_boundary(*i))
-            .unwrap_or(tail.len());
-        tail[cut..].to_string()
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }

@@ -1,7 +1,6 @@
 //! The VM backend: virtiofsd on the pod's share dir, `cocoon-vmm` with the
 //! agent initrd, hybrid vsock to reach the agent.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use tokio::sync::watch;
 
 use super::cgroup::{pod_cgroup_path, spawn_into, PodCgroup};
 use super::output::bounded_output;
+use super::pod_dir::log_tail;
 use super::process::Supervised;
 use super::{Backend, Endpoints, PodDir, SandboxError};
 use crate::config::Config;
@@ -26,15 +26,6 @@ const CONSOLE_TAIL: usize = 20;
 
 /// Cap on the VMM's stderr file (start-up errors and panics only).
 const STDERR_LIMIT: u64 = 64 << 10;
-/// How much of a log an error message quotes.
-const TAIL_BYTES: usize = 4096;
-
-/// The last [`TAIL_BYTES`] of a log file, for an error message.
-fn tail(p: &Path) -> String {
-    let b = std::fs::read(p).unwrap_or_default();
-    String::from_utf8_lossy(&b[b.len().saturating_sub(TAIL_BYTES)..]).into_owned()
-}
-
 /// How long teardown waits for a pod cgroup to empty after `cgroup.kill`.
 const KILL_LIMIT: Duration = Duration::from_secs(10);
 
@@ -113,7 +104,7 @@ impl VmBackend {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return Err(SandboxError::EarlyExit {
                     what: "virtiofsd".into(),
-                    status: format!("{status}: {}", tail(&self.pod.virtiofsd_log()).trim()),
+                    status: format!("{status}: {}", log_tail(&self.pod.virtiofsd_log()).trim()),
                 });
             }
             if tokio::time::Instant::now() >= deadline {
@@ -198,7 +189,7 @@ impl VmBackend {
         loop {
             if let Some(status) = vmm.exit_status() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let stderr = tail(&self.pod.vmm_stderr());
+                let stderr = log_tail(&self.pod.vmm_stderr());
                 return Err(SandboxError::EarlyExit {
                     what: format!(
                         "cocoon-vmm ({}); last guest console lines:\n{}\n",

@@ -20,6 +20,7 @@ use super::exit::spawn_exit_watcher;
 use super::pod::Pod;
 use super::rpc_error::{self as rpc, from_agent};
 use super::state::{Container, Process};
+use crate::agent_client::AgentError;
 use crate::events::{publish, EventSink};
 use crate::sandbox::Backend;
 use crate::stdio::{self, StdioPaths};
@@ -171,13 +172,19 @@ impl TaskService {
         self.shared.state.lock().await.destroyed(&id);
     }
 
-    /// Kills the VM of `pod_id` at once: its agent stopped answering.
-    async fn kill_pod_vm(&self, pod_id: &str, why: &str) {
+    /// After a failed agent call: when the agent did not answer in time,
+    /// kills the pod's VM at once (its tasks then exit 255). Returns whether
+    /// it did.
+    async fn stop_if_unresponsive(&self, pod_id: &str, e: &AgentError) -> bool {
+        if !e.is_timeout() {
+            return false;
+        }
         let st = self.shared.state.lock().await;
         if let Some(p) = st.pods.get(pod_id) {
-            tracing::warn!(pod = pod_id, "{why}: stopping the pod's VM");
+            tracing::warn!(pod = pod_id, "{e}: stopping the pod's VM");
             p.backend.kill_now();
         }
+        true
     }
 
     /// Creates the container in its pod (booting the pod first if it is
@@ -281,9 +288,7 @@ impl TaskService {
             .create_container(id, json, stdio.flags(), req.terminal)
             .await
         {
-            if e.is_timeout() {
-                self.kill_pod_vm(pod_id, &e.to_string()).await;
-            }
+            self.stop_if_unresponsive(pod_id, &e).await;
             cleanup();
             return Err(from_agent(e));
         }
@@ -508,9 +513,7 @@ impl Task for TaskService {
                 .await
         };
         if let Err(e) = called {
-            if e.is_timeout() {
-                self.kill_pod_vm(&pod_id, &e.to_string()).await;
-            }
+            self.stop_if_unresponsive(&pod_id, &e).await;
             return Err(from_agent(e));
         }
         let io = if req.exec_id.is_empty() {
@@ -607,9 +610,7 @@ impl Task for TaskService {
         if !dead {
             if let Err(e) = agent.remove(&req.id).await {
                 tracing::warn!(id = %req.id, error = %rpc::chain(&e), "RemoveContainer failed");
-                if e.is_timeout() {
-                    self.kill_pod_vm(&c.pod_id, &e.to_string()).await;
-                }
+                self.stop_if_unresponsive(&c.pod_id, &e).await;
             }
         }
         storage::unshare_container(&dir, &c.id);
@@ -710,8 +711,7 @@ impl Task for TaskService {
             Ok(()) => Ok(Empty::new()),
             // The agent stopped answering: the pod's VM is stopped, which
             // ends every process in it (their exits are published as 255).
-            Err(e) if e.is_timeout() => {
-                self.kill_pod_vm(&pod_id, &e.to_string()).await;
+            Err(e) if self.stop_if_unresponsive(&pod_id, &e).await => {
                 if req.signal == libc::SIGKILL as u32 {
                     Ok(Empty::new())
                 } else {
