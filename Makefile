@@ -21,7 +21,7 @@ VMM_RELEASE := target/release/cocoon-vmm
 help:
 	@echo "make demo    install what is missing, build, boot the guest in a cocoon micro-VM"
 	@echo "make test    install what is missing, run every test (lint, unit, KVM, end-to-end)"
-	@echo "make bench   tables: boot time and RSS vs QEMU microvm, vsock, virtio-fs, ctr run and pod memory vs runc, agent vs runc"
+	@echo "make bench   tables: boot time and RSS vs QEMU microvm, vsock, virtio-fs, ctr run and pod memory vs runc, the VMM jail+filters on vs off, agent vs runc"
 	@echo "make fuzz-smoke  run each fuzz target briefly (FUZZ_SECONDS=30; stable, no sanitizer)"
 	@echo "make deps | build | kernel | initrd | lint | unit | e2e | clean"
 

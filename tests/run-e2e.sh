@@ -80,9 +80,9 @@ devices=(); ctr=(); boundary=()
 for b in "${bins[@]}"; do
   name=${b%% *}; exe=${b#* }
   line=$(timed "$name" "$(printf '%q' "$exe") --test-threads=1")
-  # The hostile-guest tests (ctr_host_boundary) boot several pods of their
+  # The hostile-guest and VMM-jail tests (ctr_host_boundary, ctr_vmm_jail) boot several pods of their
   # own: a session of their own keeps the ctr session's length.
-  case "$name" in ctr_host_boundary) boundary+=("$line");; ctr_*) ctr+=("$line");; *) devices+=("$line");; esac
+  case "$name" in ctr_host_boundary|ctr_vmm_jail) boundary+=("$line");; ctr_*) ctr+=("$line");; *) devices+=("$line");; esac
 done
 [ ${#devices[@]} -eq 0 ] || session devices "${devices[@]}"
 [ ${#ctr[@]} -eq 0 ] || session ctr "${ctr[@]}"

@@ -33,5 +33,6 @@ pub fn cleanup_after_killed_shim(cfg: &Config, bundle: &Path, id: &str, pod_id: 
     kill_from_pid_file(&pod.pid_file("agent"), "cocoon-agent");
     // Local backend: its containers' processes outlive the agent.
     crate::sandbox::local::remove_cgroups(&format!("cocoon-{pod_id}"));
+    crate::sandbox::vmm_jail::release(&cfg.run_dir, &pod);
     remove_pod_dir(&pod);
 }

@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cocoon/config.toml";
 pub const CONFIG_ENV: &str = "COCOON_CONFIG";
+/// The first of the uids given to jailed VMMs: far above login users and
+/// the usual subordinate-id ranges of user namespaces.
+pub const DEFAULT_VMM_UID_FIRST: u32 = 3_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -72,6 +75,16 @@ pub struct Config {
     /// Deadline of every agent call but the long polls (Wait, OOM events).
     /// A Kill or Delete whose call runs out stops the pod's VM.
     pub agent_call_timeout_secs: u64,
+    /// Run each pod's VMM jailed: its own PID, mount, IPC, UTS and network
+    /// namespaces, `<pod>/jail` as its root, no capabilities, a uid of its
+    /// own from `vmm_uid_first..+vmm_uid_count` (also its gid).
+    pub vmm_jail: bool,
+    pub vmm_uid_first: u32,
+    pub vmm_uid_count: u32,
+    /// The VMM's seccomp filters: "enforce" (a call outside a thread's
+    /// allow-list kills it with SIGSYS), "audit" (logged in its vmm.log,
+    /// not killed), "off" (debugging only).
+    pub vmm_seccomp: String,
 }
 
 impl Default for Config {
@@ -86,7 +99,13 @@ impl Default for Config {
             vcpus: 1,
             memory_mib: 256,
             kernel_params: String::new(),
-            virtiofsd_args: vec!["--cache=auto".into(), "--sandbox=namespace".into()],
+            // virtiofsd's own sandbox (namespaces + pivot_root into the
+            // export) and seccomp filter, named rather than left implicit.
+            virtiofsd_args: vec![
+                "--cache=auto".into(),
+                "--sandbox=namespace".into(),
+                "--seccomp=kill".into(),
+            ],
             run_dir: "/run/cocoon".into(),
             agent_timeout_secs: 60,
             log_level: "info".into(),
@@ -94,6 +113,10 @@ impl Default for Config {
             console_limit_bytes: 1 << 20,
             vmm_log_limit_bytes: 1 << 20,
             agent_call_timeout_secs: 30,
+            vmm_jail: true,
+            vmm_uid_first: DEFAULT_VMM_UID_FIRST,
+            vmm_uid_count: 65536,
+            vmm_seccomp: "enforce".into(),
         }
     }
 }
@@ -132,6 +155,21 @@ impl Config {
         }
         if self.agent_call_timeout_secs == 0 {
             return Err(bad("agent_call_timeout_secs", "must be at least 1"));
+        }
+        if !matches!(self.vmm_seccomp.as_str(), "enforce" | "audit" | "off") {
+            return Err(bad(
+                "vmm_seccomp",
+                "must be \"enforce\", \"audit\" or \"off\"",
+            ));
+        }
+        if self.vmm_uid_first == 0 || self.vmm_uid_count == 0 {
+            return Err(bad(
+                "vmm_uid_first",
+                "the range must be non-empty and not start at 0",
+            ));
+        }
+        if u64::from(self.vmm_uid_first) + u64::from(self.vmm_uid_count) > u64::from(u32::MAX) {
+            return Err(bad("vmm_uid_count", "the range must end below 4294967295"));
         }
         if !self.run_dir.is_absolute() {
             return Err(bad("run_dir", "must be an absolute path"));
@@ -199,6 +237,21 @@ mod tests {
         assert!(e.to_string().contains("memroy_mib"), "{e}");
         let e = Config::parse("backend = \"xen\"", "f.toml").unwrap_err();
         assert!(e.to_string().contains("backend"), "{e}");
+        let e = Config::parse("vmm_seccomp = \"lax\"", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("vmm_seccomp"), "{e}");
+        let e = Config::parse("vmm_uid_first = 0", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("vmm_uid_first"), "{e}");
+        let e = Config::parse("vmm_uid_first = 4294967000\nvmm_uid_count = 1000", "f.toml")
+            .unwrap_err();
+        assert!(e.to_string().contains("vmm_uid_count"), "{e}");
+    }
+
+    #[test]
+    fn the_vmm_is_jailed_and_filtered_by_default() {
+        let c = Config::default();
+        assert!(c.vmm_jail);
+        assert_eq!(c.vmm_seccomp, "enforce");
+        assert_eq!(c.vmm_uid_first, DEFAULT_VMM_UID_FIRST);
     }
 
     #[test]

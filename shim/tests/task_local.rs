@@ -487,10 +487,12 @@ async fn cri_annotations_put_containers_in_one_pod() {
         .unwrap()
         .pid;
     assert_eq!(p1, p2, "both containers report the same pod pid");
+    // (`vmm-uids` holds the VMMs' uid claims, not a pod.)
     let pods: Vec<_> = std::fs::read_dir(h.run_dir())
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
+        .filter(|n| n != "vmm-uids")
         .collect();
     assert_eq!(pods, vec![std::ffi::OsString::from("sbx")]);
     for id in ["app", "sbx"] {
@@ -537,26 +539,49 @@ async fn memory_limit_oom_kill_publishes_an_oom_event() {
 
 /// A process stopped with SIGSTOP (an agent, or a whole VM, that accepts
 /// connections and never answers), continued again when dropped.
-struct Frozen(nix::unistd::Pid);
+struct Frozen(Vec<nix::unistd::Pid>);
 
 impl Frozen {
+    /// SIGSTOPs the task pid: the local agent, or the jailed VMM's monitor
+    /// and the VMM itself (the monitor's `cocoon-vmm` child).
     fn stop(pid: u32) -> Frozen {
-        let pid = nix::unistd::Pid::from_raw(pid as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-        for _ in 0..100 {
-            let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            if st.contains(") T ") {
-                return Frozen(pid);
+        let mut pids = vec![pid as i32];
+        let kids =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for k in kids
+            .split_whitespace()
+            .filter_map(|k| k.parse::<i32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
+            if comm.trim() == "cocoon-vmm" {
+                pids.push(k);
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("{pid} did not stop");
+        let pids: Vec<_> = pids.into_iter().map(nix::unistd::Pid::from_raw).collect();
+        for pid in &pids {
+            nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        }
+        for pid in &pids {
+            let mut stopped = false;
+            for _ in 0..100 {
+                let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+                if st.contains(") T ") {
+                    stopped = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(stopped, "{pid} did not stop");
+        }
+        Frozen(pids)
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGCONT);
+        }
     }
 }
 
@@ -582,7 +607,7 @@ async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
     let call = Duration::from_secs(3);
     let h = Harness::start_with_call_timeout(call).await;
     let frozen = calm_and_frozen_pods(&h, "bystander", "stuck").await;
-    let pid = frozen.0;
+    let pid = frozen.0.clone();
     // Kill: bounded by the call deadline (plus slack), not forever; while
     // it waits on the stuck agent, the other pod answers at once.
     let bound = call + Duration::from_secs(10);
@@ -613,10 +638,12 @@ async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
         .expect("Wait did not return after the stuck pod was killed")
         .unwrap();
     assert_eq!(w.exit_status, 255);
-    let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.contains(") Z "))
-        .unwrap_or(true);
-    assert!(gone, "the stuck pod's process is still alive");
+    for pid in &pid {
+        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true);
+        assert!(gone, "the stuck pod's process {pid} is still alive");
+    }
     tokio::time::timeout(bound, h.delete("stuck", ""))
         .await
         .expect("Delete of a stuck pod did not return in time")

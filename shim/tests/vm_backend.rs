@@ -68,6 +68,17 @@ fn assert_stopped(pod: &PodDir) {
         .join(name);
     assert!(!cg.exists(), "pod cgroup {} left", cg.display());
     assert!(!pod.cgroup_record().exists(), "cgroup record left");
+    // The VMM's uid was given back.
+    assert!(!pod.vmm_uid_record().exists(), "uid record left");
+    let claims = pod.root().parent().unwrap().join("vmm-uids");
+    let held: Vec<_> = std::fs::read_dir(&claims)
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+                .filter(|t| t == pod.root())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(held.is_empty(), "uid claims left: {held:?}");
     let ps = std::process::Command::new("ps")
         .args(["-eo", "args"])
         .output()

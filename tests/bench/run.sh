@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # make bench: runs the benches where a Linux guest boots at speed (directly on
 # VT-x/AMD-V, inside the nested test host on PVM) and prints their tables.
-#   tests/bench/run.sh [boot|vsock|fs|ctr|agent ...]   (default: all of them)
+#   tests/bench/run.sh [boot|vsock|fs|ctr|jail|agent ...]   (default: all of them)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-want=" ${*:-boot vsock fs ctr agent} "
+want=" ${*:-boot vsock fs ctr jail agent} "
 kernel=$(readlink -f build/vmlinux)
 vmm=$PWD/target/release/cocoon-vmm
 declare -A bench_args=(
@@ -12,13 +12,14 @@ declare -A bench_args=(
   [vsock]="--vmm $vmm --kernel $kernel --initrd $PWD/build/devtest-initrd.cpio --mib ${BENCH_VSOCK_MIB:-64} --runs ${BENCH_RUNS:-5}"
   [fs]="--vmm $vmm --kernel $kernel --initrd $PWD/build/devtest-initrd.cpio --mib ${BENCH_FS_MIB:-256} --runs ${BENCH_RUNS:-5}"
   [ctr]="--vmm $vmm --kernel $kernel --initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_CTR_RUNS:-10}"
+  [jail]="--vmm $vmm --kernel $kernel --initrd $PWD/build/initrd.cpio --agent-initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_JAIL_RUNS:-5}"
 )
 kind=$(scripts/kvm-kind.sh)
 case "$kind" in
   vmx|svm) echo "bench: host KVM is hardware ($kind): running directly" ;;
   *) echo "bench: host KVM is '$kind': running inside the nested test host (QEMU TCG); absolute times are TCG-slowed, compare the ratios" ;;
 esac
-for b in boot vsock fs ctr; do
+for b in boot vsock fs ctr jail; do
   [[ "$want" == *" $b "* ]] || continue
   # shellcheck disable=SC2086 # the arguments are paths without spaces
   case "$kind" in

@@ -20,8 +20,13 @@ pub mod cmdline;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod jail;
 pub mod kvm_probe;
 pub mod rate_limit;
+pub mod seccomp;
+#[cfg(debug_assertions)]
+pub mod test_trigger;
+pub mod threads;
 pub mod vmm;
 pub mod vstate;
 

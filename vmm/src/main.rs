@@ -9,14 +9,19 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use cocoon_vmm::bounded_log::{LineLimiter, RingFile, DEFAULT_LIMIT, DEFAULT_LINES_PER_SECOND};
 use cocoon_vmm::devices::virtio::block::{Block, BlockConfig};
+use cocoon_vmm::devices::virtio::fs::connect_socket;
 use cocoon_vmm::devices::virtio::fs::FsConfig;
 use cocoon_vmm::devices::virtio::net::{Net, NetConfig};
 use cocoon_vmm::devices::virtio::rng::Rng;
+use cocoon_vmm::devices::virtio::VirtioDevice;
 use cocoon_vmm::exit::{
     EXIT_GUEST_PANIC, EXIT_KVM_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TRIPLE_FAULT,
 };
+use cocoon_vmm::jail::{self, JailConfig};
+use cocoon_vmm::seccomp::{self, SeccompMode};
 use cocoon_vmm::{
-    BootSource, ExitReason, KernelBoot, SerialOutput, VmConfig, VmmBuilder, VsockConfig,
+    BootSource, ExitReason, KernelBoot, KvmFlavor, SerialOutput, VmConfig, VmmBuilder, VmmError,
+    VsockConfig,
 };
 
 const EXIT_CODES_HELP: &str = "\
@@ -94,6 +99,32 @@ struct Args {
     /// Cap on --log-file: PATH and PATH.1 together keep at most BYTES, the newest.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_LIMIT, value_parser = parse_limit)]
     log_limit: u64,
+    /// Seccomp filters per thread: enforce (a call outside a thread's
+    /// allow-list kills the VMM with SIGSYS, naming the call on stderr),
+    /// audit (such calls run and are logged once each), off (debugging
+    /// only: no filter at all).
+    #[arg(long, value_name = "MODE", default_value = "enforce", value_parser = parse_seccomp)]
+    seccomp: SeccompMode,
+    /// Run jailed in DIR (needs root): new PID, mount, IPC, UTS and network
+    /// namespaces with DIR as the root, the kernel and initrd bound in
+    /// read-only, no capabilities, --jail-uid/--jail-gid. The vsock
+    /// socket, --serial file and --log-file must be inside DIR.
+    #[arg(long, value_name = "DIR", requires_all = ["jail_uid", "jail_gid"])]
+    jail: Option<PathBuf>,
+    /// The unprivileged uid of the jailed VMM (not 0).
+    #[arg(long, value_name = "UID", requires = "jail")]
+    jail_uid: Option<u32>,
+    /// The unprivileged gid of the jailed VMM (not 0).
+    #[arg(long, value_name = "GID", requires = "jail")]
+    jail_gid: Option<u32>,
+}
+
+/// RLIMIT_NOFILE of a jailed VMM: its KVM, eventfd and socket fds, and
+/// the guest's vsock connections.
+const JAIL_OPEN_FILES: u64 = 4096;
+
+fn parse_seccomp(s: &str) -> Result<SeccompMode, String> {
+    s.parse().map_err(|e: seccomp::SeccompError| e.to_string())
 }
 
 fn parse_limit(s: &str) -> Result<u64, String> {
@@ -227,11 +258,83 @@ impl Drop for RawTerminal {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<i32> {
-    init_logging(&args)?;
+/// The jail of `args`, if it asks for one.
+fn jail_config(args: &Args) -> Option<JailConfig> {
+    let dir = args.jail.clone()?;
+    let mut binds = vec![(args.kernel.clone(), "kernel".to_string())];
+    if let Some(initrd) = &args.initrd {
+        binds.push((initrd.clone(), "initrd".to_string()));
+    }
+    Some(JailConfig {
+        dir,
+        uid: args.jail_uid.unwrap_or(0),
+        gid: args.jail_gid.unwrap_or(0),
+        binds,
+        max_open_files: JAIL_OPEN_FILES,
+    })
+}
+
+/// Moves every path the VMM opens after entering `jail` to its jail path.
+fn paths_into_jail(args: &mut Args, jail: &JailConfig) -> anyhow::Result<()> {
+    args.kernel = PathBuf::from("/kernel");
+    if args.initrd.is_some() {
+        args.initrd = Some(PathBuf::from("/initrd"));
+    }
+    if let Some(v) = &mut args.vsock {
+        v.uds_path = jail.inside(&v.uds_path).context("--vsock uds")?;
+    }
+    if let SerialOutput::File(p) = &mut args.serial {
+        *p = jail.inside(p).context("--serial file")?;
+    }
+    if let Some(p) = &mut args.log_file {
+        *p = jail.inside(p).context("--log-file")?;
+    }
+    Ok(())
+}
+
+fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
     if args.kernel.as_os_str().is_empty() {
         bail!("--kernel is empty; pass the vmlinux printed by guest-kernel/build.sh");
     }
+    // What needs the host's view is opened first: the jail hides it.
+    cocoon_vmm::boot::detect_format(&args.kernel).context("cannot set up the VM")?;
+    if let Some(initrd) = args.initrd.as_deref().filter(|p| !p.exists()) {
+        bail!("initrd {} does not exist", initrd.display());
+    }
+    if !args.allow_slow_kvm {
+        let flavor = cocoon_vmm::probe_kvm();
+        if matches!(flavor, KvmFlavor::Pvm | KvmFlavor::SoftwareUnknown) {
+            return Err(VmmError::SlowKvm(flavor)).context("cannot set up the VM");
+        }
+    }
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut block_sizes = Vec::new();
+    for spec in &args.block {
+        block_sizes.push(std::fs::metadata(&spec.path).map(|m| m.len()).unwrap_or(0));
+        let block = Block::new(spec).context("cannot set up a --block device")?;
+        devices.push(Box::new(block));
+    }
+    for spec in &args.net {
+        let net = Net::new(spec).context("cannot set up a --net device")?;
+        devices.push(Box::new(net));
+    }
+    if args.rng {
+        devices.push(Box::new(Rng::new()));
+    }
+    let mut fs = Vec::new();
+    for cfg in std::mem::take(&mut args.fs) {
+        cfg.validate().context("cannot set up a --fs device")?;
+        let stream = connect_socket(&cfg.socket)
+            .with_context(|| format!("virtio-fs device '{}'", cfg.tag.as_str()))?;
+        fs.push((cfg, stream));
+    }
+    if let Some(jail) = &jail {
+        cocoon_vmm::vstate::vm::preopen_kvm().context("cannot set up the VM")?;
+        paths_into_jail(&mut args, jail)?;
+        jail::enter(jail).context("cannot enter the jail")?;
+    }
+    init_logging(&args)?;
+    seccomp::set_mode(args.seccomp).context("cannot set up the seccomp filters")?;
     let config = VmConfig {
         boot: BootSource::Kernel(KernelBoot {
             kernel: args.kernel,
@@ -244,23 +347,24 @@ fn run(args: Args) -> anyhow::Result<i32> {
         console_limit: args.console_limit,
         serial_input: true,
         irqchip: true,
-        allow_slow_kvm: args.allow_slow_kvm,
+        // Probed above, before a jail could hide /proc and /sys.
+        allow_slow_kvm: true,
         vsock: args.vsock,
-        fs: args.fs,
+        fs: Vec::new(),
     };
     let mut builder = VmmBuilder::new(config).context("cannot set up the VM")?;
-    for spec in &args.block {
-        let block = Block::new(spec).context("cannot set up a --block device")?;
-        builder.add_virtio_device(Box::new(block))?;
+    for (cfg, stream) in fs {
+        builder.add_fs_connected(&cfg, stream)?;
     }
-    for spec in &args.net {
-        let net = Net::new(spec).context("cannot set up a --net device")?;
-        builder.add_virtio_device(Box::new(net))?;
-    }
-    if args.rng {
-        builder.add_virtio_device(Box::new(Rng::new()))?;
+    for device in devices {
+        builder.add_virtio_device(device)?;
     }
     let vmm = builder.build().context("cannot set up the VM")?;
+    if jail.is_some() {
+        let largest_block = block_sizes.iter().copied().max().unwrap_or(0);
+        jail::limit_file_size(args.console_limit.max(args.log_limit).max(largest_block))
+            .context("cannot set up the jail")?;
+    }
     tracing::info!(
         cmdline = vmm.cmdline().unwrap_or_default(),
         "starting guest"
@@ -288,7 +392,22 @@ fn main() {
             });
         }
     };
-    let code = match run(args) {
+    if args.seccomp == SeccompMode::Off {
+        eprintln!(
+            "cocoon-vmm: WARNING: --seccomp off: no system call filter; a guest that \
+             exploits a VMM bug gets every system call. For debugging only."
+        );
+    }
+    let jail = jail_config(&args);
+    if let Some(j) = &jail {
+        // Before any thread exists: the VMM continues as PID 1 of a new
+        // PID namespace; this process stays behind as its monitor.
+        if let Err(e) = jail::fork_monitored(j, args.seccomp) {
+            eprintln!("cocoon-vmm: error: cannot enter the jail: {e}");
+            std::process::exit(EXIT_SETUP_ERROR);
+        }
+    }
+    let code = match run(args, jail) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cocoon-vmm: error: {e:#}");

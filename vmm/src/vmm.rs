@@ -26,6 +26,8 @@ use crate::devices::virtio::mmio::regs;
 use crate::devices::virtio::{MmioTransport, VirtioDevice, VirtioInterrupt};
 use crate::exit::{ExitReason, ExitState};
 use crate::kvm_probe::{self, KvmFlavor};
+use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
+use crate::threads::{self, ThreadError};
 use crate::vstate::memory::{create_guest_ram, GuestRam, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, kick_signal, Vcpu, VcpuError};
 use crate::vstate::vm::{KvmError, Vm};
@@ -87,6 +89,12 @@ pub enum VmmError {
         #[source]
         source: FsError,
     },
+    /// A seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// The device workers could not be made.
+    #[error(transparent)]
+    Workers(#[from] ThreadError),
     /// Spawning a thread failed.
     #[error("cannot spawn the {what} thread")]
     Thread {
@@ -120,6 +128,18 @@ pub struct VmmBuilder {
     mmio: Bus,
     serial: Arc<Mutex<SerialDevice>>,
     virtio: Vec<MmioDeclaration>,
+    /// The worker thread kind of each virtio device that has one.
+    workers: Vec<ThreadKind>,
+}
+
+/// The worker thread kind of a virtio device type.
+fn worker_kind(device_type: u32) -> Option<ThreadKind> {
+    match device_type {
+        1 => Some(ThreadKind::Net),
+        19 => Some(ThreadKind::Vsock),
+        26 => Some(ThreadKind::FsWorker),
+        _ => None,
+    }
 }
 
 impl VmmBuilder {
@@ -169,6 +189,7 @@ impl VmmBuilder {
             mmio: Bus::new(),
             serial,
             virtio: Vec::new(),
+            workers: Vec::new(),
         };
         if let Some(v) = builder.config.vsock.clone() {
             builder.add_vsock(&v)?;
@@ -231,6 +252,7 @@ impl VmmBuilder {
                     source,
                 })?;
         }
+        self.workers.extend(worker_kind(device.device_type()));
         let interrupt = Arc::new(VirtioInterrupt::new(self.vm.irq_eventfd(decl.irq)?));
         let transport = MmioTransport::new(device, self.ram.mem.clone(), interrupt);
         self.mmio
@@ -245,6 +267,23 @@ impl VmmBuilder {
             tag: config.tag.as_str().to_string(),
             source,
         })?;
+        self.add_virtio_device(Box::new(fs))
+    }
+
+    /// Negotiate with the virtiofsd on an already connected `stream` (see
+    /// [`crate::devices::virtio::fs::connect_socket`]) and attach it.
+    pub fn add_fs_connected(
+        &mut self,
+        config: &FsConfig,
+        stream: std::os::unix::net::UnixStream,
+    ) -> Result<MmioDeclaration, VmmError> {
+        let fs_err = |source| VmmError::Fs {
+            tag: config.tag.as_str().to_string(),
+            source,
+        };
+        let conn = crate::devices::virtio::fs::Connection::handshake(stream, config.total_queues())
+            .map_err(fs_err)?;
+        let fs = Fs::with_connection(config.clone(), conn).map_err(fs_err)?;
         self.add_virtio_device(Box::new(fs))
     }
 
@@ -298,6 +337,7 @@ impl VmmBuilder {
             serial: self.serial,
             vcpus,
             cmdline,
+            workers: self.workers,
         })
     }
 }
@@ -313,6 +353,7 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     cmdline: Option<String>,
     serial_input: bool,
+    workers: Vec<ThreadKind>,
 }
 
 impl Vmm {
@@ -348,13 +389,38 @@ impl Vmm {
 
     fn run_inner(mut self, timeout: Option<Duration>) -> Result<ExitReason, VmmError> {
         install_kick_handler()?;
+        let filtered = seccomp::mode() != SeccompMode::Off;
+        if filtered {
+            // Every thread exists before any filter does (see `threads`).
+            for kind in &self.workers {
+                threads::reserve(*kind, 1)?;
+            }
+            // Each vCPU installs its filter before the guest runs.
+            #[cfg(debug_assertions)]
+            crate::test_trigger::arm();
+        }
         let mut handles = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {
             let name = format!("vcpu-{}", vcpu.index());
             let (pio, mmio, exit) = (self.pio.clone(), self.mmio.clone(), self.exit.clone());
             let spawned = std::thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || vcpu.run(pio, mmio, exit));
+                .spawn(move || {
+                    // Before the guest runs a single instruction.
+                    if let Err(e) = seccomp::enter(ThreadKind::Vcpu) {
+                        exit.request(ExitReason::VcpuError {
+                            vcpu: vcpu.index(),
+                            detail: format!(
+                                "{e}: {}",
+                                std::error::Error::source(&e)
+                                    .map(ToString::to_string)
+                                    .unwrap_or_default()
+                            ),
+                        });
+                        return;
+                    }
+                    vcpu.run(pio, mmio, exit)
+                });
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(source) => {
@@ -372,6 +438,13 @@ impl Vmm {
                     source,
                 }
             })?;
+        }
+        if filtered {
+            if let Err(e) = seccomp::enter(ThreadKind::Main) {
+                self.exit.request(ExitReason::TimedOut);
+                self.stop_vcpus(handles);
+                return Err(e.into());
+            }
         }
         let reason = match self.exit.wait(timeout) {
             Some(reason) => reason,

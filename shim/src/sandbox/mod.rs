@@ -8,6 +8,7 @@ pub mod output;
 pub mod pod_dir;
 pub mod process;
 pub mod vm;
+pub mod vmm_jail;
 
 use async_trait::async_trait;
 use cocoon_agent_protocol::address::Address;

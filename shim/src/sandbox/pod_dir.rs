@@ -45,9 +45,20 @@ impl PodDir {
         self.root.join("private")
     }
 
+    /// The VMM's root when jailed: what it makes while it runs (its
+    /// vsock socket, log and console) lives here, owned by its uid.
+    pub fn jail(&self) -> PathBuf {
+        self.root.join("jail")
+    }
+
+    /// The uid the pod's VMM runs as (see `vmm_jail`).
+    pub fn vmm_uid_record(&self) -> PathBuf {
+        self.root.join("vmm-uid")
+    }
+
     /// The VMM's own diagnostics (bounded by the VMM).
     pub fn vmm_log(&self) -> PathBuf {
-        self.root.join("vmm.log")
+        self.jail().join("vmm.log")
     }
 
     /// The VMM's stderr (a start-up error or a panic).
@@ -62,7 +73,7 @@ impl PodDir {
 
     /// Hybrid vsock Unix socket of the VMM.
     pub fn vsock(&self) -> PathBuf {
-        self.root.join("vsock.sock")
+        self.jail().join("vsock.sock")
     }
 
     pub fn virtiofsd_socket(&self) -> PathBuf {
@@ -70,7 +81,7 @@ impl PodDir {
     }
 
     pub fn console_log(&self) -> PathBuf {
-        self.root.join("console.log")
+        self.jail().join("console.log")
     }
 
     pub fn virtiofsd_log(&self) -> PathBuf {

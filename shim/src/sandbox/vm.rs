@@ -2,6 +2,8 @@
 //! agent initrd, hybrid vsock to reach the agent.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +16,7 @@ use super::cgroup::{pod_cgroup_path, spawn_into, PodCgroup};
 use super::output::bounded_output;
 use super::pod_dir::log_tail;
 use super::process::Supervised;
+use super::vmm_jail;
 use super::{Backend, Endpoints, PodDir, SandboxError};
 use crate::config::Config;
 
@@ -37,7 +40,36 @@ pub struct VmBackend {
     cgroup: Option<PodCgroup>,
     virtiofsd: Option<Supervised>,
     vmm: Option<Supervised>,
+    /// The jailed VMM's uid (`vmm_jail`).
+    uid: Option<u32>,
+    /// Set before the shim itself stops the VMM: a later exit is expected.
+    stopping: Arc<AtomicBool>,
     dead_tx: watch::Sender<bool>,
+}
+
+/// Why a VMM that nobody stopped is gone: its status, and for `SIGSYS` the
+/// line of its stderr that names the forbidden call.
+pub fn describe_vmm_death(pid: u32, status: &str, stderr: &str) -> String {
+    if status.contains("SIGSYS") {
+        let named = stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("seccomp:"))
+            .unwrap_or("its stderr names no call");
+        format!(
+            "cocoon-vmm (pid {pid}) was killed by SIGSYS: it made a system call outside its \
+             seccomp allow-list ({}); vmm_seccomp = \"audit\" lists every such call in the \
+             pod's vmm.log instead of killing",
+            named.trim()
+        )
+    } else {
+        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "cocoon-vmm (pid {pid}) exited: {status}; {}",
+            tail.join(" | ")
+        )
+    }
 }
 
 impl VmBackend {
@@ -49,6 +81,8 @@ impl VmBackend {
             cgroup: None,
             virtiofsd: None,
             vmm: None,
+            uid: None,
+            stopping: Arc::new(AtomicBool::new(false)),
             dead_tx: watch::channel(false).0,
         }
     }
@@ -157,27 +191,76 @@ impl VmBackend {
             .arg(self.pod.vmm_log())
             .arg("--log-limit")
             .arg(self.cfg.vmm_log_limit_bytes.to_string())
+            .arg("--seccomp")
+            .arg(&self.cfg.vmm_seccomp)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // A panic or a start-up error, kept for the error message;
             // everything else goes to the bounded --log-file.
             .stderr(bounded_output(&self.pod.vmm_stderr(), STDERR_LIMIT)?.1);
+        if let Some(uid) = self.uid {
+            cmd.arg("--jail")
+                .arg(self.pod.jail())
+                .arg("--jail-uid")
+                .arg(uid.to_string())
+                .arg("--jail-gid")
+                .arg(uid.to_string());
+        }
         self.join_cgroup(&mut cmd)?;
         Ok(cmd)
     }
 
     async fn start_processes(&mut self) -> Result<(), SandboxError> {
         self.create_cgroup()?;
+        if self.cfg.vmm_jail {
+            let uid = vmm_jail::allocate(
+                &self.cfg.run_dir,
+                &self.pod,
+                self.cfg.vmm_uid_first,
+                self.cfg.vmm_uid_count,
+            )?;
+            self.uid = Some(uid);
+        }
+        vmm_jail::prepare_dir(&self.pod, self.uid)?;
         self.start_virtiofsd().await?;
         let vmm = Supervised::spawn("cocoon-vmm", self.vmm_command()?, &self.pod.pid_file("vmm"))?;
         let mut exited = vmm.exited();
         let dead_tx = self.dead_tx.clone();
+        let (stopping, stderr, pod, pid) = (
+            self.stopping.clone(),
+            self.pod.vmm_stderr(),
+            self.pod.root().display().to_string(),
+            vmm.pid,
+        );
         tokio::spawn(async move {
             let _ = exited.wait_for(|s| s.is_some()).await;
+            if !stopping.load(Ordering::SeqCst) {
+                let status = exited.borrow().clone().unwrap_or_default();
+                // The monitor's message lands just before it exits.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let why = describe_vmm_death(pid, &status, &log_tail(&stderr));
+                tracing::error!(%pod, "the pod's VM is gone: {why}");
+            }
             let _ = dead_tx.send(true);
         });
         self.vmm = Some(vmm);
         Ok(())
+    }
+
+    /// `vmm_seccomp = "audit"`: the VMM's audit lines, from its log, into
+    /// the shim's (the pod dir and the log go next).
+    fn report_audit(&self) {
+        let log = self.pod.vmm_log();
+        let mut older = log.as_os_str().to_owned();
+        older.push(".1");
+        let mut text = std::fs::read(older).unwrap_or_default();
+        text.extend(std::fs::read(&log).unwrap_or_default());
+        let pod = self.pod.root().display().to_string();
+        for line in String::from_utf8_lossy(&text).lines() {
+            if let Some(at) = line.find("seccomp audit:") {
+                tracing::warn!(%pod, "cocoon-vmm {}", &line[at..]);
+            }
+        }
     }
 
     /// Retries `CONNECT 1024` until the agent answers a Check.
@@ -251,6 +334,7 @@ impl Backend for VmBackend {
     async fn stop(&mut self) -> Result<(), SandboxError> {
         // The agent's DestroySandbox reboots the guest (reboot=k), which
         // ends the VMM with 0; give it a moment before signalling.
+        self.stopping.store(true, Ordering::SeqCst);
         if let Some(v) = self.vmm.take() {
             if !v.wait_for(Duration::from_secs(2)).await {
                 v.stop(Duration::from_secs(3)).await;
@@ -261,6 +345,9 @@ impl Backend for VmBackend {
         if let Some(v) = self.virtiofsd.take() {
             v.stop(Duration::from_secs(3)).await;
         }
+        if self.cfg.vmm_seccomp == "audit" {
+            self.report_audit();
+        }
         // Whatever they forked, or whatever did not stop: gone with the
         // cgroup.
         if let Some(cg) = self.cgroup.take() {
@@ -268,6 +355,8 @@ impl Backend for VmBackend {
             match r {
                 Ok(Ok(())) => {
                     let _ = std::fs::remove_file(self.pod.cgroup_record());
+                    // Nothing runs as the uid any more.
+                    vmm_jail::release(&self.cfg.run_dir, &self.pod);
                 }
                 Ok(Err(e)) => return Err(SandboxError::Cgroup(e.to_string())),
                 Err(e) => return Err(SandboxError::Cgroup(e.to_string())),
@@ -299,5 +388,27 @@ impl Backend for VmBackend {
 
     fn pod_dir(&self) -> &PodDir {
         &self.pod
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_vmm_death;
+
+    #[test]
+    fn a_sigsys_death_names_the_call() {
+        let stderr = "noise\ncocoon-vmm: seccomp: the vcpu thread made system call 110 (getppid), which its allow-list lacks: killed with SIGSYS\ncocoon-vmm: the jailed VMM was killed by SIGSYS\n";
+        let why = describe_vmm_death(42, "signal: 31 (SIGSYS) (core dumped)", stderr);
+        assert!(
+            why.contains("cocoon-vmm (pid 42) was killed by SIGSYS"),
+            "{why}"
+        );
+        assert!(why.contains("system call 110 (getppid)"), "{why}");
+        assert!(why.contains("vmm_seccomp = \"audit\""), "{why}");
+        let why = describe_vmm_death(7, "exit status: 4", "a\nb\nc\nkvm failed\n");
+        assert_eq!(
+            why,
+            "cocoon-vmm (pid 7) exited: exit status: 4; b | c | kvm failed"
+        );
     }
 }

@@ -62,6 +62,11 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(tag: &str) -> Containerd {
+        Containerd::start_with(tag, "")
+    }
+
+    /// `start` with extra lines for the shim's config file.
+    pub fn start_with(tag: &str, extra_config: &str) -> Containerd {
         let dir = PathBuf::from(format!("/tmp/cocoon-e2e-ctr-{}-{tag}", std::process::id()));
         let run_dir = PathBuf::from(format!("/run/cocoon-e2e-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -82,6 +87,7 @@ impl Containerd {
                 cfg.push_str(&format!("{key} = \"{v}\"\n"));
             }
         }
+        cfg.push_str(extra_config);
         let cfg_path = dir.join("cocoon.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let shim_dir = target_bin("containerd-shim-cocoon-v2")
@@ -376,6 +382,13 @@ pub fn processes() -> Vec<(i32, Vec<String>)> {
             (!args.is_empty()).then_some((pid, args))
         })
         .collect()
+}
+
+impl Containerd {
+    /// containerd's log, where the shims' logs go too.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for Containerd {

@@ -58,6 +58,10 @@ impl PanicWatcher {
                 self.line.drain(..LINE_CAPACITY - PANIC_MARKER.len());
             }
             self.line.push(b);
+            #[cfg(debug_assertions)]
+            if self.line.ends_with(crate::test_trigger::MARKER) {
+                crate::test_trigger::fire();
+            }
             if self.line.ends_with(PANIC_MARKER) && !self.exit.panic_seen() {
                 tracing::warn!("guest kernel panic detected on the console");
                 self.exit.note_panic();
@@ -148,6 +152,10 @@ pub fn spawn_stdin_feeder(
     std::thread::Builder::new()
         .name("serial-stdin".into())
         .spawn(move || {
+            if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::SerialInput) {
+                tracing::error!(error = %e, "no stdin input to the guest: its filter failed");
+                return;
+            }
             let mut buf = [0u8; 64];
             loop {
                 // SAFETY: reads into a stack buffer of the given length from fd 0.

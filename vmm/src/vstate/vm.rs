@@ -81,6 +81,24 @@ pub enum KvmError {
     },
 }
 
+/// `/dev/kvm` opened before the VMM entered its jail (which has no `/dev`).
+static PREOPENED: std::sync::Mutex<Option<Kvm>> = std::sync::Mutex::new(None);
+
+fn open_kvm() -> Result<Kvm, KvmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => KvmError::Missing,
+        libc::EACCES | libc::EPERM => KvmError::NotPermitted,
+        _ => KvmError::Open(e),
+    })
+}
+
+/// Opens `/dev/kvm` now for the next [`Vm::new`] (before a jail hides it).
+pub fn preopen_kvm() -> Result<(), KvmError> {
+    let kvm = open_kvm()?;
+    *PREOPENED.lock().unwrap_or_else(|e| e.into_inner()) = Some(kvm);
+    Ok(())
+}
+
 /// A KVM VM with its system handle.
 pub struct Vm {
     kvm: Kvm,
@@ -92,11 +110,11 @@ impl Vm {
     /// Open /dev/kvm and create a VM; with `irqchip`, also the in-kernel
     /// PIC/IOAPIC/LAPIC and the PIT (speaker port as a dummy).
     pub fn new(irqchip: bool) -> Result<Self, KvmError> {
-        let kvm = Kvm::new().map_err(|e| match e.errno() {
-            libc::ENOENT => KvmError::Missing,
-            libc::EACCES | libc::EPERM => KvmError::NotPermitted,
-            _ => KvmError::Open(e),
-        })?;
+        let preopened = PREOPENED.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let kvm = match preopened {
+            Some(kvm) => kvm,
+            None => open_kvm()?,
+        };
         let fd = kvm.create_vm().map_err(KvmError::CreateVm)?;
         // The TSS needs three pages inside the MMIO hole. KVM's default
         // identity-map page (for real mode on VMX without unrestricted

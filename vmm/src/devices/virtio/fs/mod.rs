@@ -36,6 +36,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use backend::{connect_socket, Connection};
 pub use config::{parse_fs_options, FsConfig, Tag};
 pub use device::Fs;
 

@@ -50,7 +50,14 @@ impl Watchdog {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("vhost-user-watchdog".into())
-            .spawn(move || watch(&s, &socket))
+            .spawn(move || {
+                // Made by the main thread before its own filter.
+                if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::FsWatchdog) {
+                    tracing::error!(error = %e, "the vhost-user watchdog runs without its filter");
+                    return;
+                }
+                watch(&s, &socket)
+            })
             .map_err(FsError::resource("watchdog thread"))?;
         Ok(Watchdog {
             shared,

@@ -9,7 +9,6 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -76,7 +75,7 @@ pub struct WorkerContext {
 #[derive(Debug)]
 pub struct Worker {
     stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<crate::threads::Worker<()>>,
 }
 
 impl Worker {
@@ -93,10 +92,12 @@ impl Worker {
         if let Some(s) = &ctx.socket {
             add(s.as_raw_fd(), EventSet::READ_HANG_UP, TOKEN_SOCKET)?;
         }
-        let thread = std::thread::Builder::new()
-            .name(format!("virtio-fs-{}", ctx.tag))
-            .spawn(move || run(epoll, ctx))
-            .map_err(FsError::resource("worker thread"))?;
+        let thread = crate::threads::spawn_worker(
+            crate::seccomp::ThreadKind::FsWorker,
+            format!("virtio-fs-{}", ctx.tag),
+            move || run(epoll, ctx),
+        )
+        .map_err(|e| FsError::resource("worker thread")(std::io::Error::other(e)))?;
         Ok(Worker {
             stop,
             thread: Some(thread),

@@ -5,7 +5,6 @@
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -40,7 +39,7 @@ pub enum NetError {
 struct Running {
     kicks: [EventFd; 2],
     stop: EventFd,
-    handle: JoinHandle<()>,
+    handle: crate::threads::Worker<()>,
 }
 
 /// A virtio-net device on a TAP.
@@ -250,10 +249,12 @@ impl VirtioDevice for Net {
         self.broken.store(false, Ordering::SeqCst);
         let broken = self.broken.clone();
         let q = NetQueues::new(tap, mem, rxq, txq, interrupt);
-        let handle = std::thread::Builder::new()
-            .name(format!("net-{}", self.tap.name()))
-            .spawn(move || run(q, rx_kick, tx_kick, stop_worker, broken))
-            .map_err(backend)?;
+        let handle = crate::threads::spawn_worker(
+            crate::seccomp::ThreadKind::Net,
+            format!("net-{}", self.tap.name()),
+            move || run(q, rx_kick, tx_kick, stop_worker, broken),
+        )
+        .map_err(|e| ActivateError::Backend(format!("virtio-net: {e}")))?;
         self.running = Some(Running {
             kicks,
             stop,

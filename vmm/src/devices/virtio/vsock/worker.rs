@@ -2,7 +2,6 @@
 //! `queue_notify`), the backend's fd and a stop EventFd.
 
 use std::os::unix::io::AsRawFd;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -18,7 +17,7 @@ const TOKEN_STOP: u64 = 4;
 pub(super) struct WorkerHandle<B: VsockBackend> {
     kicks: Vec<EventFd>,
     stop: EventFd,
-    join: JoinHandle<Option<B>>,
+    join: crate::threads::Worker<Option<B>>,
 }
 
 impl<B: VsockBackend> WorkerHandle<B> {
@@ -90,12 +89,19 @@ pub(super) fn spawn<B: VsockBackend>(core: VsockCore<B>) -> Result<WorkerHandle<
     // The thread receives the core once it runs, so a failed spawn still
     // gives the core back.
     let (tx, rx) = std::sync::mpsc::channel::<VsockCore<B>>();
-    let join = std::thread::Builder::new()
-        .name("vsock".into())
-        .spawn(move || rx.recv().ok().map(|core| run(core, epoll, thread_kicks)));
+    let join = crate::threads::spawn_worker(
+        crate::seccomp::ThreadKind::Vsock,
+        "vsock".into(),
+        move || rx.recv().ok().map(|core| run(core, epoll, thread_kicks)),
+    );
     let join = match join {
         Ok(join) => join,
-        Err(e) => return Err(Box::new((sys("vsock thread")(e), core))),
+        Err(e) => {
+            return Err(Box::new((
+                sys("vsock thread")(std::io::Error::other(e)),
+                core,
+            )))
+        }
     };
     if let Err(std::sync::mpsc::SendError(core)) = tx.send(core) {
         return Err(Box::new((
