@@ -16,13 +16,14 @@ AGENT_BIN   := target/$(STATIC_TRIPLE)/guest/cocoon-agent
 VMM_DEBUG   := target/debug/cocoon-vmm
 VMM_RELEASE := target/release/cocoon-vmm
 
-.PHONY: help deps build build-release kernel initrd lint unit e2e test demo bench fuzz-smoke clean
+.PHONY: help deps build build-release kernel initrd lint unit e2e test demo bench fuzz-smoke fuzz clean
 
 help:
 	@echo "make demo    install what is missing, build, boot the guest in a cocoon micro-VM"
 	@echo "make test    install what is missing, run every test (lint, unit, KVM, end-to-end)"
 	@echo "make bench   tables: boot time and RSS vs QEMU microvm, vsock, virtio-fs, ctr run and pod memory vs runc, the VMM jail+filters on vs off, agent vs runc"
-	@echo "make fuzz-smoke  run each fuzz target briefly (FUZZ_SECONDS=30; stable, no sanitizer)"
+	@echo "make fuzz-smoke  build the VMM and shim fuzz targets and run each for FUZZ_SECONDS (10; nightly + ASan when available)"
+	@echo "make fuzz        the same, 300 s a target (FUZZ_SECONDS)"
 	@echo "make deps | build | kernel | initrd | lint | unit | e2e | clean"
 
 deps:
@@ -52,6 +53,8 @@ initrd:
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path vmm/fuzz/Cargo.toml -- --check
+	$(CARGO) fmt --manifest-path shim/fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) clippy -p cocoon-e2e --features e2e --all-targets --quiet -- -D warnings
 
@@ -65,7 +68,7 @@ e2e: kernel initrd build
 	@tests/agent-pid1/run.sh
 	@tests/run-e2e.sh
 
-test: deps lint unit e2e
+test: deps lint unit fuzz-smoke e2e
 	@echo "make test: all passed"
 
 demo: deps kernel initrd build-release
@@ -74,8 +77,15 @@ demo: deps kernel initrd build-release
 bench: deps kernel initrd build-release
 	@tests/bench/run.sh
 
+# The cargo-fuzz crates (vmm/fuzz, shim/fuzz; not workspace members): each
+# target for a bounded time, crashes fail (scripts/fuzz-smoke.sh).
 fuzz-smoke:
+	@scripts/target-cache.sh
 	@scripts/fuzz-smoke.sh
+
+fuzz:
+	@scripts/target-cache.sh
+	@FUZZ_SECONDS=$${FUZZ_SECONDS:-300} scripts/fuzz-smoke.sh
 
 clean:
 	$(CARGO) clean

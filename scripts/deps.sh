@@ -45,6 +45,12 @@ fi
 for comp in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$comp" || { echo "[deps] rustup component add $comp"; rustup component add "$comp" >/dev/null 2>&1; }
 done
+# cargo-fuzz, for make fuzz-smoke (scripts/fuzz-smoke.sh; a minute or two).
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
+  echo "[deps] cargo install cargo-fuzz --locked"
+  cargo install cargo-fuzz --locked --quiet >/tmp/cocoon-deps-cargo-fuzz.log 2>&1 \
+    || { tail -20 /tmp/cocoon-deps-cargo-fuzz.log >&2; echo "[deps] error: cargo install cargo-fuzz failed (log: /tmp/cocoon-deps-cargo-fuzz.log)" >&2; exit 1; }
+fi
 # virtiofsd, the vhost-user-fs backend (into ~/.cargo/bin; a few minutes on 2 cores).
 virtiofsd_version=1.14.0
 virtiofsd_bin() { command -v virtiofsd 2>/dev/null || { [ -x "$HOME/.cargo/bin/virtiofsd" ] && echo "$HOME/.cargo/bin/virtiofsd"; }; }

@@ -30,11 +30,7 @@ pub fn spawn_exit_watcher(
     tokio::spawn(async move {
         let info = tokio::select! {
             r = agent.wait(&id, &exec_id) => match r {
-                Ok(w) => ExitInfo {
-                    // A guest could send anything; exit statuses are 0..=255.
-                    status: u32::try_from(w.exit_status).ok().filter(|s| *s <= 255).unwrap_or(LOST_STATUS),
-                    at_nanos: if w.exited_at_unix_nanos > 0 { w.exited_at_unix_nanos } else { now_nanos() },
-                },
+                Ok(w) => super::reply::exit_info(&w),
                 Err(e) => {
                     tracing::warn!(%id, %exec_id, error = %e, "waiting for the process failed");
                     ExitInfo { status: LOST_STATUS, at_nanos: now_nanos() }

@@ -2,15 +2,17 @@
 
 mod exit;
 mod pod;
+pub mod reply;
 pub mod rpc_error;
 mod service;
 mod state;
 
-pub use pod::remove_pod_dir;
+pub use pod::{remove_pod_dir, OomGate};
 pub use service::{
     pod_id_for, runtime_config_path, valid_id, BackendFactory, BundleRecord, PodParams,
     TaskService, BUNDLE_POD_FILE,
 };
+pub use state::ExitInfo;
 
 /// Now as a protobuf timestamp.
 pub fn exit_timestamp_now(

@@ -136,20 +136,23 @@ impl Pod {
 /// Decides which OOM events of a guest get published: only those naming a
 /// container of this pod (a guest could name any container on the host),
 /// at a bounded rate.
-struct OomGate {
+#[derive(Debug)]
+pub struct OomGate {
     rate: RateLimiter,
     foreign_log: RateLimiter,
 }
 
 impl OomGate {
-    fn new() -> OomGate {
+    pub fn new() -> OomGate {
         OomGate {
             rate: RateLimiter::new(OOM_PER_SEC),
             foreign_log: RateLimiter::new(1),
         }
     }
 
-    fn admit(&self, pod: &str, id: &str, known: bool) -> bool {
+    /// Whether the event for container `id` (`known`: one of the pod's)
+    /// may be published.
+    pub fn admit(&self, pod: &str, id: &str, known: bool) -> bool {
         if !known {
             if self.foreign_log.allow() {
                 tracing::warn!(pod, id = %id.escape_debug(), "the guest sent an OOM event for a container not in this pod; dropped (logged at most once a second)");
@@ -157,6 +160,12 @@ impl OomGate {
             return false;
         }
         self.rate.allow()
+    }
+}
+
+impl Default for OomGate {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use containerd_shim::ExitSignal;
 use containerd_shim_protos::api::*;
-use containerd_shim_protos::cgroups_v2::metrics as v2;
 use containerd_shim_protos::events::task::*;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageField};
@@ -18,6 +17,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use super::exit::spawn_exit_watcher;
 use super::pod::Pod;
+use super::reply;
 use super::rpc_error::{self as rpc, from_agent};
 use super::state::{Container, Process};
 use crate::agent_client::AgentError;
@@ -359,55 +359,6 @@ fn process_state(p: &Process, c: &Container, pid: u32) -> StateResponse {
     }
 }
 
-fn metrics(s: &cocoon_agent_protocol::agent::StatsContainerResponse) -> v2::Metrics {
-    let mut m = v2::Metrics::new();
-    if let Some(c) = s.cpu.as_ref() {
-        m.cpu = MessageField::some(v2::CPUStat {
-            usage_usec: c.usage_usec,
-            user_usec: c.user_usec,
-            system_usec: c.system_usec,
-            nr_periods: c.nr_periods,
-            nr_throttled: c.nr_throttled,
-            throttled_usec: c.throttled_usec,
-            ..Default::default()
-        });
-    }
-    if let Some(x) = s.memory.as_ref() {
-        m.memory = MessageField::some(v2::MemoryStat {
-            usage: x.usage_bytes,
-            usage_limit: x.limit_bytes,
-            max_usage: x.max_usage_bytes,
-            swap_usage: x.swap_usage_bytes,
-            swap_limit: x.swap_limit_bytes,
-            file: x.cache_bytes,
-            ..Default::default()
-        });
-        m.memory_events = MessageField::some(v2::MemoryEvents {
-            oom_kill: x.oom_kills,
-            ..Default::default()
-        });
-    }
-    if let Some(p) = s.pids.as_ref() {
-        m.pids = MessageField::some(v2::PidsStat {
-            current: p.current,
-            limit: p.limit,
-            ..Default::default()
-        });
-    }
-    if let Some(io) = s.io.as_ref() {
-        let mut e = v2::IOEntry::new();
-        e.rbytes = io.read_bytes;
-        e.wbytes = io.write_bytes;
-        e.rios = io.read_ios;
-        e.wios = io.write_ios;
-        m.io = MessageField::some(v2::IOStat {
-            usage: vec![e],
-            ..Default::default()
-        });
-    }
-    m
-}
-
 #[async_trait]
 impl Task for TaskService {
     async fn state(&self, _: &TtrpcContext, req: StateRequest) -> Res<StateResponse> {
@@ -641,13 +592,7 @@ impl Task for TaskService {
         };
         let procs = agent.list_processes(&req.id).await.map_err(from_agent)?;
         Ok(PidsResponse {
-            processes: procs
-                .into_iter()
-                .map(|p| ProcessInfo {
-                    pid: p.pid,
-                    ..Default::default()
-                })
-                .collect(),
+            processes: reply::pids(procs),
             ..Default::default()
         })
     }
@@ -844,7 +789,7 @@ impl Task for TaskService {
             Self::pod_of(&st, &req.id)?.1.agent.clone()
         };
         let s = agent.stats(&req.id).await.map_err(from_agent)?;
-        let value = metrics(&s)
+        let value = reply::metrics(&s)
             .write_to_bytes()
             .map_err(|e| rpc::internal(&e))?;
         Ok(StatsResponse {

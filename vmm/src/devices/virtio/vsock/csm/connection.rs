@@ -275,6 +275,13 @@ impl<S: ConnStream> VsockConnection<S> {
             return None;
         }
         let buf = pkt.rx_buf();
+        if buf.is_empty() {
+            // A header-only rx buffer: a 0-byte read would look like the
+            // host's EOF. It carries a credit update; the data waits for a
+            // buffer with room (P_RW stays set).
+            self.emit(pkt, OP_CREDIT_UPDATE, 0, 0);
+            return Some(());
+        }
         let want = credit.min(buf.len());
         loop {
             match self.stream.read(&mut buf[..want]) {

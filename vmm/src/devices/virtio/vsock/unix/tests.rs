@@ -205,6 +205,32 @@ fn guest_connection_to_a_host_listener() {
     assert_eq!(pkts[0].1, b"pong");
 }
 
+/// A header-only rx buffer (no room for data) while host data waits: a
+/// 0-byte read of the host socket is not its EOF. The buffer carries a
+/// credit update; the data goes into the next buffer with room, and the
+/// connection stays up (found by the vsock_muxer fuzz target).
+#[test]
+fn header_only_rx_buffer_is_not_a_host_eof() {
+    let f = fx();
+    let mut m = f.m;
+    let listener = UnixListener::bind(format!("{}_54", f.path.display())).unwrap();
+    send(&mut m, guest_hdr(OP_REQUEST, 1000, 54), &[]).unwrap();
+    assert_eq!(ops(&drain(&mut m)), vec![OP_RESPONSE]);
+    let (mut s, _) = listener.accept().unwrap();
+    s.write_all(b"pong").unwrap();
+    pump(&mut m);
+    let pkts = drain_cap(&mut m, 0);
+    assert!(!ops(&pkts).contains(&OP_SHUTDOWN), "{:?}", ops(&pkts));
+    assert!(pkts.iter().all(|p| p.1.is_empty()));
+    let pkts = drain(&mut m);
+    assert_eq!(ops(&pkts), vec![OP_RW]);
+    assert_eq!(pkts[0].1, b"pong");
+    send(&mut m, guest_hdr(OP_RW, 1000, 54), b"ping").unwrap();
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+}
+
 #[test]
 fn guest_connection_without_a_listener_is_reset() {
     let mut f = fx();
