@@ -32,7 +32,8 @@ def rss_kib(pid):
     return None
 
 
-def one_run(cmd, deadline):
+def one_run(cmd, deadline, memory=rss_kib):
+    """(seconds to the banner or None, memory(pid) in KiB one second later)."""
     start = time.monotonic()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, start_new_session=True)
@@ -50,7 +51,7 @@ def one_run(cmd, deadline):
                 if booted is None and BANNER in buf:
                     booted = time.monotonic() - start
                     time.sleep(1.0)
-                    rss = rss_kib(p.pid)
+                    rss = memory(p.pid)
                     break
             elif p.poll() is not None:
                 break

@@ -14,18 +14,15 @@ first run of each is a warm-up. Prints a table with medians and ratios.
 """
 import argparse
 import os
-import select
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import boot  # noqa: E402  (one_run of the boot bench)
 import ctr  # noqa: E402  (the Containerd helper of the ctr bench)
 
-BANNER = b"cocoon-init: booted"
 JAIL_UID = 3_999_999_000
 
 
@@ -33,38 +30,15 @@ def tree(pid):
     return [pid] + ctr.children(pid)
 
 
-def boot_once(cmd, jail_dir, deadline=120):
+def boot_once(cmd, jail_dir):
     if jail_dir:
         shutil.rmtree(jail_dir, ignore_errors=True)
         os.makedirs(jail_dir, mode=0o700)
         os.chown(jail_dir, JAIL_UID, JAIL_UID)
-    start = time.monotonic()
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, start_new_session=True)
-    buf, booted, pss = b"", None, None
-    try:
-        while time.monotonic() - start < deadline:
-            r, _, _ = select.select([p.stdout], [], [], 0.05)
-            if r:
-                chunk = os.read(p.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                buf += chunk
-                if BANNER in buf:
-                    booted = time.monotonic() - start
-                    time.sleep(1.0)
-                    pss = sum(ctr.pss_kib(q) for q in tree(p.pid))
-                    break
-            elif p.poll() is not None:
-                break
-    finally:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait()
+    # PSS of the whole tree: jailed, the VMM is the monitor's child.
+    booted, pss = boot.one_run(cmd, 120, memory=lambda pid: sum(ctr.pss_kib(q) for q in tree(pid)))
     if booted is None:
-        sys.exit(f"bench: {' '.join(cmd[:3])}... did not reach the banner: {buf[-400:]!r}")
+        sys.exit(f"bench: {' '.join(cmd[:3])}... did not reach the banner")
     return booted, pss
 
 
