@@ -10,11 +10,17 @@ pub const TAIL_BYTES: usize = 4096;
 /// The last [`TAIL_BYTES`] of a bounded log (`path.1`, then `path`, as the
 /// VMM and the shim's bounded writers keep it), as text.
 pub fn log_tail(path: &Path) -> String {
+    let bytes = read_ring(path);
+    String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(TAIL_BYTES)..]).into_owned()
+}
+
+/// All of a bounded log: `path.1`, then `path` (missing halves are empty).
+pub fn read_ring(path: &Path) -> Vec<u8> {
     let mut older = path.as_os_str().to_owned();
     older.push(".1");
     let mut bytes = std::fs::read(older).unwrap_or_default();
     bytes.extend(std::fs::read(path).unwrap_or_default());
-    String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(TAIL_BYTES)..]).into_owned()
+    bytes
 }
 
 #[derive(Debug, Clone)]

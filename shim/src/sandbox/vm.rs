@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::cgroup::{pod_cgroup_path, spawn_into, PodCgroup};
 use super::output::bounded_output;
-use super::pod_dir::log_tail;
+use super::pod_dir::{log_tail, read_ring};
 use super::process::Supervised;
 use super::vmm_jail;
 use super::{Backend, Endpoints, PodDir, SandboxError};
@@ -250,11 +250,7 @@ impl VmBackend {
     /// `vmm_seccomp = "audit"`: the VMM's audit lines, from its log, into
     /// the shim's (the pod dir and the log go next).
     fn report_audit(&self) {
-        let log = self.pod.vmm_log();
-        let mut older = log.as_os_str().to_owned();
-        older.push(".1");
-        let mut text = std::fs::read(older).unwrap_or_default();
-        text.extend(std::fs::read(&log).unwrap_or_default());
+        let text = read_ring(&self.pod.vmm_log());
         let pod = self.pod.root().display().to_string();
         for line in String::from_utf8_lossy(&text).lines() {
             if let Some(at) = line.find("seccomp audit:") {

@@ -79,25 +79,22 @@ pub fn allocate(run_dir: &Path, pod: &PodDir, first: u32, count: u32) -> Result<
         let uid = first + (start + i) % count;
         let claim = dir.join(uid.to_string());
         match std::os::unix::fs::symlink(pod.root(), &claim) {
-            Ok(()) => {
-                std::fs::write(pod.vmm_uid_record(), uid.to_string())
-                    .map_err(io("recording the VMM's uid"))?;
-                return Ok(uid);
-            }
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let owner = std::fs::read_link(&claim).ok();
-                if owner.as_deref() == Some(pod.root()) || owner.is_some_and(|o| !o.exists()) {
-                    // Ours from an earlier start, or its pod is gone.
-                    let _ = std::fs::remove_file(&claim);
-                    std::os::unix::fs::symlink(pod.root(), &claim)
-                        .map_err(io(format!("claiming uid {uid}")))?;
-                    std::fs::write(pod.vmm_uid_record(), uid.to_string())
-                        .map_err(io("recording the VMM's uid"))?;
-                    return Ok(uid);
+                if owner.as_deref() != Some(pod.root()) && owner.is_none_or(|o| o.exists()) {
+                    continue;
                 }
+                // Ours from an earlier start, or its pod is gone.
+                let _ = std::fs::remove_file(&claim);
+                std::os::unix::fs::symlink(pod.root(), &claim)
+                    .map_err(io(format!("claiming uid {uid}")))?;
             }
             Err(e) => return Err(io(format!("claiming uid {uid}"))(e)),
         }
+        std::fs::write(pod.vmm_uid_record(), uid.to_string())
+            .map_err(io("recording the VMM's uid"))?;
+        return Ok(uid);
     }
     Err(SandboxError::Io {
         what: format!(
