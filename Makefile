@@ -42,11 +42,10 @@ kernel: deps
 
 # The guest inits, linked statically, each packed as /init: the boot
 # banner init, the test-mode init of the device end-to-end tests, and the
-# agent (the production guest). The static cocoon-agent-ctl is for
-# tests/agent-pid1 (the agent as PID 1 under QEMU, no vsock needed).
+# agent (the production guest).
 initrd:
 	@mkdir -p $(BUILD)
-	$(STATIC_ENV) $(CARGO) build --profile guest --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init -p cocoon-agent -p cocoon-agent-ctl
+	$(STATIC_ENV) $(CARGO) build --profile guest --quiet --target $(STATIC_TRIPLE) -p cocoon-boot-init -p cocoon-devtest-init -p cocoon-agent
 	rootfs/mkinitrd.py --init $(INIT_BIN) --out $(BUILD)/initrd.cpio
 	rootfs/mkinitrd.py --init $(DEVTEST_BIN) --out $(BUILD)/devtest-initrd.cpio
 	rootfs/mkinitrd.py --init $(AGENT_BIN) --out $(BUILD)/agent-initrd.cpio
@@ -62,14 +61,12 @@ unit:
 	python3 -m unittest discover -s rootfs -p 'test_*.py'
 	$(CARGO) test --workspace
 
-# Real-VM tests: directly on VT-x/AMD-V, inside the nested test host on PVM;
-# the agent-as-PID-1 probe under QEMU TCG on this host.
+# Real-VM tests: directly on VT-x/AMD-V, inside the nested test host on PVM.
 e2e: kernel initrd build
-	@tests/agent-pid1/run.sh
 	@tests/run-e2e.sh
 
 test: deps lint unit fuzz-smoke e2e
-	@echo "make test: all passed"
+	@echo "make test: all passed ($$(cat $(BUILD)/e2e-summary.txt 2>/dev/null || echo "no e2e summary"))"
 
 demo: deps kernel initrd build-release
 	@scripts/demo.sh

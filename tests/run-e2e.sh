@@ -1,121 +1,153 @@
 #!/usr/bin/env bash
 # Builds the end-to-end tests and runs them where a Linux guest can boot:
 # directly on a VT-x/AMD-V host, inside the nested test host when /dev/kvm is
-# PVM (or missing) — one test-host session for all of them. Says which.
+# PVM (or missing). Says which.
 #   tests/run-e2e.sh [TEST-BINARY-NAME...]   (default: every e2e test binary;
 #   the name `agent` selects the agent's host tests, run in the test host only;
 #   `shim` the shim's task-service tests, here on real micro-VMs)
+#
+# Nothing can hide a failure:
+# - a test binary that does not build fails the run (cargo's exit status is
+#   checked before any binary is collected);
+# - every binary runs under a deadline (COCOON_E2E_DEADLINE, 900 s): a hang
+#   is that binary's failure, and the session goes on with the next one;
+# - a session is run again only when the test host itself hung (run.sh exit
+#   126: soft lockup or heartbeat stall), at most twice; the rerun keeps the
+#   results already recorded (build/e2e-NAME.results) and runs only the
+#   binaries that have none. A test's failure or timeout is never rerun;
+# - the summary counts binaries passed and failed and says which sessions
+#   were rerun and why (also in build/e2e-summary.txt, which `make test`
+#   prints on its last line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p build
+rm -f build/e2e-*.results build/e2e-*.why build/e2e-*.list build/e2e-reruns.txt build/e2e-summary.txt
 
-# The agent's host tests (real containers over a Unix socket) also run in the
-# test host, whose /sys/fs/cgroup is a real cgroup v2 (this machine's is v1).
-agent_bins=()
-if [ $# -eq 0 ] || [[ " $* " == *" agent "* ]]; then
-  mapfile -t agent_bins < <(cargo test -p cocoon-agent -p cocoon-agent-ctl --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys
-for line in sys.stdin:
+deadline=${COCOON_E2E_DEADLINE:-900}
+want=" $* "
+
+# collect OUT PREFIX -- CARGO-TEST-ARGS...: builds the test binaries and
+# writes "NAME EXE" lines (test targets only, NAME prefixed) to OUT; a build
+# failure ends the run with cargo's own messages.
+collect() {
+  local out=$1 prefix=$2; shift 3
+  if ! cargo test "$@" --no-run --message-format=json-render-diagnostics >"$out.json" 2>"$out.log"; then
+    tail -40 "$out.log" >&2
+    echo "e2e: the test binaries did not build (cargo test $* --no-run): failing" >&2
+    exit 1
+  fi
+  python3 - "$out.json" "$prefix" >"$out" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    if not line.startswith("{"):
+        continue
     m = json.loads(line)
     t = m.get("target", {})
     if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("kind") == ["test"] \
        and t["name"] != "bench":
-        print("agent-" + t["name"] + " " + m["executable"])')
-  [ ${#agent_bins[@]} -gt 0 ] || { cargo test -p cocoon-agent -p cocoon-agent-ctl --no-run; echo "e2e: the agent tests did not build" >&2; exit 1; }
-fi
+        print(sys.argv[2] + t["name"] + " " + m["executable"])
+PY
+}
 
-# The shim's task-service tests, on the VM backend: the task API driven
-# directly by a test client against real micro-VMs (pod grouping included).
-shim_bins=()
-if [ $# -eq 0 ] || [[ " $* " == *" shim "* ]]; then
-  mapfile -t shim_bins < <(cargo test -p containerd-shim-cocoon-v2 --test task_local --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    t = m.get("target", {})
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("kind") == ["test"]:
-        print("shim-" + t["name"] + " " + m["executable"])')
-  [ ${#shim_bins[@]} -gt 0 ] || { cargo test -p containerd-shim-cocoon-v2 --test task_local --no-run; echo "e2e: the shim tests did not build" >&2; exit 1; }
-fi
+kind=$(scripts/kvm-kind.sh)
+# `make unit` runs every agent test on this host's cgroups. This machine's
+# are v1 and the guest's are v2: in the test host (cgroup v2) the agent tests
+# whose outcome depends on the cgroup version run again, no others.
+case "$kind" in vmx|svm) run_agent=0;; *) run_agent=1;; esac
+agent_cgroup_tests="memory_limit_oom_kill_and_event pids_limit_holds pause_stops_progress_and_resume_continues update_container_resources remove_leaves_nothing_behind ten_containers_without_cross_talk destroy_sandbox_removes_containers_and_the_cgroup_parent"
 
-mapfile -t bins < <(cargo test -p cocoon-e2e --features e2e --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-want = set(sys.argv[1:])
-for line in sys.stdin:
-    m = json.loads(line)
-    t = m.get("target", {})
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("kind") == ["test"] \
-       and (not want or t["name"] in want):
-        print(t["name"] + " " + m["executable"])' "$@")
+agent_bins=() shim_bins=() bins=()
+if [ "$run_agent" = 1 ] && { [ $# -eq 0 ] || [[ "$want" == *" agent "* ]]; }; then
+  collect build/e2e-bins-agent agent- -- -p cocoon-agent --test features
+  mapfile -t agent_bins <build/e2e-bins-agent
+  [ ${#agent_bins[@]} -gt 0 ] || { echo "e2e: cargo built no agent test binary" >&2; exit 1; }
+fi
+if [ $# -eq 0 ] || [[ "$want" == *" shim "* ]]; then
+  collect build/e2e-bins-shim shim- -- -p containerd-shim-cocoon-v2 --test task_local
+  mapfile -t shim_bins <build/e2e-bins-shim
+  [ ${#shim_bins[@]} -gt 0 ] || { echo "e2e: cargo built no shim test binary" >&2; exit 1; }
+fi
+collect build/e2e-bins-vm "" -- -p cocoon-e2e --features e2e
+mapfile -t all_bins <build/e2e-bins-vm
+for b in "${all_bins[@]}"; do
+  if [ $# -eq 0 ] || [[ "$want" == *" ${b%% *} "* ]]; then bins+=("$b"); fi
+done
 if [ ${#bins[@]} -eq 0 ] && [ ${#agent_bins[@]} -eq 0 ] && [ ${#shim_bins[@]} -eq 0 ]; then
-  cargo test -p cocoon-e2e --features e2e --no-run
-  echo "e2e: no test binary built${*:+ for: $*}" >&2; exit 1
+  echo "e2e: no test binary matches: $*" >&2; exit 1
 fi
 
-export COCOON_VMM=$PWD/target/debug/cocoon-vmm
+# The VMM and the shim the tests start: the debug build, or with
+# COCOON_E2E_PROFILE=release the release one (built by the caller).
+profile=${COCOON_E2E_PROFILE:-debug}
+export COCOON_E2E_BIN_DIR=$PWD/target/$profile
+export COCOON_VMM=$COCOON_E2E_BIN_DIR/cocoon-vmm
+for b in "$COCOON_VMM" "$COCOON_E2E_BIN_DIR/containerd-shim-cocoon-v2"; do
+  [ -x "$b" ] || { echo "e2e: $b is missing: build the $profile profile first" >&2; exit 1; }
+done
 export COCOON_KERNEL=$(readlink -f build/vmlinux)
 export COCOON_INITRD=$PWD/build/initrd.cpio
 export COCOON_DEVTEST_INITRD=$PWD/build/devtest-initrd.cpio
 export COCOON_AGENT_INITRD=$PWD/build/agent-initrd.cpio
+# The busybox image of the ctr tests, built once for the whole run.
+export COCOON_E2E_IMAGE_TAR=$PWD/build/e2e-busybox.tar
+python3 tests/ctr/mkimage.py --busybox "$(command -v busybox || echo /bin/busybox)" --out "$COCOON_E2E_IMAGE_TAR"
 
-kind=$(scripts/kvm-kind.sh)
-# Directly on a hardware-KVM host `make unit` already ran the agent tests on
-# that host's cgroups; inside the test host they add cgroup v2 coverage.
-case "$kind" in vmx|svm) COCOON_E2E_AGENT=0;; *) COCOON_E2E_AGENT=1;; esac
-
-# Sessions: the VM tests in groups, each group one script (and, in the test
-# host, one test-host boot), so that a test host that dies costs one group's
-# rerun, not the whole run's. Each script runs its binaries and fails if any
-# failed.
-sessions=()
-session() { # NAME LINE... -> build/e2e-NAME.sh
-  local name=$1; shift
-  local f=$PWD/build/e2e-$name.sh
-  { echo 'rc=0'; printf '%s\n' "$@"; echo 'exit $rc'; } >"$f"
-  sessions+=("$name")
-}
-timed() { # LABEL CMD -> a line that runs CMD, says how long it took, and records a failure
-  echo "echo; echo \"=== e2e: $1\"; s=\$(date +%s); $2 || rc=1; echo \"=== $1 took \$(( \$(date +%s) - s )) s\""
-}
-devices=(); ctr=(); boundary=()
+# Sessions: in the test host, one test-host boot each, run side by side
+# (one per core, COCOON_E2E_JOBS). The binaries are dealt out so that the
+# sessions take about as long as each other: longest first, each to the
+# session with the least work so far, by the seconds each took on a 2-core
+# machine of ours (a binary not in the table counts 60 s). A rerun repeats
+# only the binaries without a result, so a session may be long.
+jobs=${COCOON_E2E_JOBS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
+case "$kind" in vmx|svm) jobs=1;; esac
+declare -A estimate=(
+  [ctr_run]=180 [shim-task_local]=140 [ctr_host_boundary]=90 [ctr_vmm_jail]=70
+  [agent-features]=30 [boot]=20 [devices]=20 [agent_boot]=5
+)
+entries=() # "SECONDS<TAB>NAME<TAB>COMMAND"
 for b in "${bins[@]}"; do
-  name=${b%% *}; exe=${b#* }
-  line=$(timed "$name" "$(printf '%q' "$exe") --test-threads=1")
-  # The hostile-guest and VMM-jail tests (ctr_host_boundary, ctr_vmm_jail) boot several pods of their
-  # own: a session of their own keeps the ctr session's length.
-  case "$name" in ctr_host_boundary|ctr_vmm_jail) boundary+=("$line");; ctr_*) ctr+=("$line");; *) devices+=("$line");; esac
+  entries+=("${estimate[${b%% *}]:-60}"$'\t'"${b%% *}"$'\t'"$(printf '%q' "${b#* }") --test-threads=1")
 done
-[ ${#devices[@]} -eq 0 ] || session devices "${devices[@]}"
-[ ${#ctr[@]} -eq 0 ] || session ctr "${ctr[@]}"
-[ ${#boundary[@]} -eq 0 ] || session boundary "${boundary[@]}"
-shim=()
 for b in "${shim_bins[@]}"; do
-  name=${b%% *}; exe=${b#* }
-  shim+=("$(timed "$name (VM backend)" "COCOON_SHIM_TEST_BACKEND=vm $(printf '%q' "$exe") --test-threads=1")")
+  entries+=("${estimate[${b%% *}]:-60}"$'\t'"${b%% *} (VM backend)"$'\t'"COCOON_SHIM_TEST_BACKEND=vm $(printf '%q' "${b#* }") --test-threads=1")
 done
-[ ${#shim[@]} -eq 0 ] || session shim "${shim[@]}"
-if [ "${COCOON_E2E_AGENT:-}" = 1 ]; then
-  agent=()
-  for b in "${agent_bins[@]}"; do
-    name=${b%% *}; exe=${b#* }
-    agent+=("$(timed "$name (cgroup \$(stat -fc %T /sys/fs/cgroup))" "$(printf '%q' "$exe") --test-threads=2")")
-  done
-  [ ${#agent[@]} -eq 0 ] || session agent "${agent[@]}"
-fi
+for b in "${agent_bins[@]}"; do
+  # A renamed test must not drop out of this list unnoticed.
+  # shellcheck disable=SC2086 # the names are words
+  listed=$("${b#* }" --list --exact $agent_cgroup_tests | grep -c ': test$' || true)
+  [ "$listed" = "$(wc -w <<<"$agent_cgroup_tests")" ] || {
+    echo "e2e: ${b%% *} has $listed of the cgroup-v2 tests named in tests/run-e2e.sh: $agent_cgroup_tests" >&2; exit 1; }
+  entries+=("${estimate[${b%% *}]:-60}"$'\t'"${b%% *} (cgroup v2)"$'\t'"$(printf '%q' "${b#* }") --test-threads=2 --exact $agent_cgroup_tests")
+done
+sessions=()
+declare -A budget=() load=()
+for i in $(seq 1 "$jobs"); do sessions+=("$i"); load[$i]=0; budget[$i]=120; done
+while IFS=$'\t' read -r secs name cmd; do
+  best=1
+  for i in "${sessions[@]}"; do [ "${load[$i]}" -lt "${load[$best]}" ] && best=$i; done
+  load[$best]=$(( ${load[$best]} + secs ))
+  budget[$best]=$(( ${budget[$best]} + deadline ))
+  printf '%s\t%s\t%s\n' "$name" "$deadline" "$cmd" >>"build/e2e-$best.list"
+done < <(printf '%s\n' "${entries[@]}" | sort -t$'\t' -k1,1nr)
+# A job with nothing to do is not a session.
+for i in "${sessions[@]}"; do [ -s "build/e2e-$i.list" ] || unset "load[$i]"; done
+sessions=("${!load[@]}")
 
-# In the test host each session boots its own test host (one vCPU each), so
-# sessions run side by side, COCOON_E2E_JOBS at a time (default: one per
-# host core, at most 2), longest first; each one's output is printed when
-# it ends. A session that failed through the test host itself (124 timeout,
-# 125 no exit code, 126 hung kernel), not through a test, runs again (twice
-# at most).
+# In the test host each session boots its own (one vCPU each); each
+# session's output is printed when it ends.
 run_session() { # NAME
-  local n=$1 attempt rc=0
+  local n=$1 attempt rc
   for attempt in 1 2 3; do
-    rc=0; tests/testhost/run.sh --timeout 1200 -- bash "build/e2e-$n.sh" || rc=$?
-    case "$rc" in
-      124|125|126) [ "$attempt" -lt 3 ] && echo "e2e: the test host failed ($rc) during '$n'; running that group again" >&2 ;;
-      *) break ;;
-    esac
+    rc=0
+    rm -f "build/e2e-$n.why"
+    tests/testhost/run.sh --timeout "${budget[$n]}" --results "build/e2e-$n.results" --why "build/e2e-$n.why" \
+      -- bash tests/e2e-session.sh "build/e2e-$n.list" "build/e2e-$n.results" || rc=$?
+    if [ "$rc" = 126 ] && [ "$attempt" -lt 3 ]; then
+      printf "session '%s', attempt %s: %s\n" "$n" "$attempt" "$(cat "build/e2e-$n.why")" >>build/e2e-reruns.txt
+      echo "e2e: the test host failed during '$n' ($(cat "build/e2e-$n.why")); running the binaries of '$n' that have no result yet again" >&2
+      continue
+    fi
+    break
   done
   return "$rc"
 }
@@ -123,13 +155,12 @@ failed=()
 case "$kind" in
   vmx|svm)
     echo "e2e: host KVM is hardware ($kind): running the end-to-end tests directly"
-    for n in "${sessions[@]}"; do bash "build/e2e-$n.sh" || failed+=("$n"); done ;;
+    for n in "${sessions[@]}"; do
+      bash tests/e2e-session.sh "build/e2e-$n.list" "build/e2e-$n.results" || failed+=("$n")
+    done ;;
   *)
-    jobs=${COCOON_E2E_JOBS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
-    echo "e2e: host KVM is '$kind', which cannot boot Linux at speed: running the end-to-end tests inside the nested test host (QEMU TCG, emulated AMD SVM), one test host per group, $jobs at a time: ${sessions[*]}"
-    order=()
-    for n in ctr shim boundary devices agent; do [[ " ${sessions[*]} " == *" $n "* ]] && order+=("$n"); done
-    for n in "${sessions[@]}"; do [[ " ${order[*]} " == *" $n "* ]] || order+=("$n"); done
+    echo "e2e: host KVM is '$kind', which cannot boot Linux at speed: running the end-to-end tests inside the nested test host (QEMU TCG, emulated AMD SVM), $jobs test-host sessions side by side: $(for n in "${sessions[@]}"; do printf '%s: %s; ' "$n" "$(cut -f1 "build/e2e-$n.list" | paste -sd, | sed 's/,/, /g')"; done)"
+    order=("${sessions[@]}")
     declare -A name_of=() start_of=()
     t0=$(date +%s)
     ( while sleep 60; do echo "e2e: $(( $(date +%s) - t0 )) s, sessions still running"; done ) &
@@ -153,8 +184,48 @@ case "$kind" in
     kill "$ticker" 2>/dev/null || true
     echo "e2e: the test-host sessions took $(( $(date +%s) - t0 )) s" ;;
 esac
-if [ ${#failed[@]} -gt 0 ]; then
-  echo "e2e: failed: ${failed[*]}" >&2
+
+# The summary: every listed binary must have passed; one without a result
+# (its session's test host died or ran out of time) is a failure too.
+summary_rc=0
+python3 - "${sessions[@]}" <<'PY' || summary_rc=$?
+import sys
+passed, failed, missing = [], [], []
+for s in sys.argv[1:]:
+    results = {}
+    try:
+        for line in open(f"build/e2e-{s}.results"):
+            f = line.rstrip("\n").split("\t")
+            if len(f) >= 3:
+                results[f[1]] = f
+    except FileNotFoundError:
+        pass
+    for line in open(f"build/e2e-{s}.list"):
+        name = line.split("\t")[0]
+        r = results.get(name)
+        if r is None:
+            missing.append(f"{s}/{name}")
+        elif r[0] == "PASS":
+            passed.append(name)
+        else:
+            failed.append(f"{s}/{name}: {r[3] if len(r) > 3 else r[0]}")
+total = len(passed) + len(failed) + len(missing)
+print(f"e2e: {total} test binaries: {len(passed)} passed, {len(failed)} failed, {len(missing)} without a result")
+for f in failed:
+    print(f"e2e: FAILED {f}")
+for m in missing:
+    print(f"e2e: NO RESULT {m} (its session ended before it finished: see build/e2e-{m.split('/')[0]}.log)")
+sys.exit(1 if failed or missing else 0)
+PY
+if [ -s build/e2e-reruns.txt ]; then
+  line="$(wc -l <build/e2e-reruns.txt) test-host session(s) rerun because the test host failed: $(paste -sd';' build/e2e-reruns.txt)"
+else
+  line="no test-host session was rerun"
+fi
+echo "e2e: $line"
+echo "$line" >build/e2e-summary.txt
+if [ ${#failed[@]} -gt 0 ] || [ "$summary_rc" != 0 ]; then
+  echo "e2e: failed sessions: ${failed[*]:-(every session ended 0, but not every binary passed)}" >&2
   exit 1
 fi
 echo "e2e: all sessions passed: ${sessions[*]}"

@@ -66,20 +66,28 @@ impl Artifacts {
     }
 }
 
-/// Asserts that a test-mode guest finished in time, reported exactly one
-/// check, `check`, as passed, printed `cocoon-devtest: done` and exited 0.
-/// Returns the check's detail.
-pub fn assert_devtest_passed(f: &Finished, check: &str) -> String {
+/// Asserts that a test-mode guest finished in time, reported exactly the
+/// checks `checks`, in that order, all passed, printed `cocoon-devtest:
+/// done` and exited 0. Returns the checks' details.
+pub fn assert_devtest_all_passed(f: &Finished, checks: &[&str]) -> Vec<String> {
     assert!(!f.timed_out, "the guest did not finish:\n{}", f.describe());
     let (verdicts, done) = devtest_report(&f.stdout);
-    let detail = match verdicts.as_slice() {
-        [(name, CheckVerdict::Ok(detail))] if name == check => detail.clone(),
-        _ => panic!("{check} check: {verdicts:?}\n{}", f.describe()),
-    };
+    let names: Vec<&str> = verdicts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, checks, "the checks reported:\n{}", f.describe());
+    let details = verdicts
+        .iter()
+        .map(|(name, v)| match v {
+            CheckVerdict::Ok(detail) => detail.clone(),
+            CheckVerdict::Fail(why) => panic!("{name} check failed: {why}\n{}", f.describe()),
+        })
+        .collect::<Vec<_>>();
     assert!(done, "no 'cocoon-devtest: done':\n{}", f.describe());
     assert_eq!(f.status.code(), Some(0), "{}", f.describe());
-    println!("{check}: ok: {detail} in {:?}", f.elapsed);
-    detail
+    for (name, detail) in checks.iter().zip(&details) {
+        println!("{name}: ok: {detail}");
+    }
+    println!("{} checks in one boot: {:?}", checks.len(), f.elapsed);
+    details
 }
 
 /// The verdict the test-mode init printed for one check.

@@ -1,7 +1,8 @@
 #!/bin/sh
 # PID 1 of the nested test host (busybox). Mounts the host's root read-only
 # over 9p with a tmpfs overlay on top, loads KVM (nested SVM under QEMU TCG),
-# runs /out/cmd.sh in that root and leaves its exit code in /out/rc.
+# runs /out/cmd.sh in that root, its output in /out/output and its exit
+# code in /out/rc.
 export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -38,11 +39,12 @@ ip link set lo up 2>/dev/null
 exec switch_root /newroot /bin/sh -c '
   modprobe -q -a kvm_amd vhost_vsock tun fuse veth bridge 2>/dev/null
   [ -c /dev/kvm ] || echo "testhost: warning: no /dev/kvm in the test host" >&2
-  stty -F /dev/ttyS1 raw -echo 2>/dev/null
   # A heartbeat on the share: run.sh takes a stale one for a hung test host.
   ( while :; do date +%s >/run/testhost/heartbeat; sleep 5; done ) &
-  # Through a pipe, so that CMD sees no terminal (no colours, no CRLF).
-  { sh /run/testhost/cmd.sh </dev/null 2>&1; echo $? >/run/testhost/rc; } | cat >/dev/ttyS1
+  # The output goes to a file on the share (9p writes arrive whole; an
+  # emulated serial port under load was seen to drop bytes), which run.sh
+  # follows live. Through a pipe, so that CMD sees no terminal.
+  { sh /run/testhost/cmd.sh </dev/null 2>&1; echo $? >/run/testhost/rc; } | cat >/run/testhost/output
   sync
   echo o >/proc/sysrq-trigger
   poweroff -f'

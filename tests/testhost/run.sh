@@ -3,13 +3,21 @@
 # emulated AMD SVM, so that /dev/kvm inside it is real (emulated) hardware KVM
 # that can boot Linux guests, unlike this machine's PVM /dev/kvm.
 #
-#   tests/testhost/run.sh [--timeout SECS] [--mem MIB] [--cpus N] [--keep-log] -- CMD [ARGS...]
+#   tests/testhost/run.sh [--timeout SECS] [--mem MIB] [--cpus N] [--keep-log]
+#                         [--results FILE] [--why FILE] -- CMD [ARGS...]
 #
 # Inside: the host's root read-only (9p) with a writable tmpfs overlay, the same
 # working directory, kvm_amd/vhost_vsock/tun/fuse loaded, cgroup2 mounted.
-# CMD's stdout and stderr stream here; its exit code is ours (124 on timeout,
-# 126 when the test host's own kernel hung: soft lockups on its console, or
-# its heartbeat stopped).
+# CMD's stdout and stderr go to a file on a 9p share that is followed here
+# live, so what reaches this machine is byte for byte what CMD printed.
+# Its exit code is ours, except:
+#   124  CMD ran past --timeout: CMD's own failure (a hang), never retried
+#   125  the test host ended without an exit code (it crashed): a failure
+#   126  the test host itself hung (soft lockups on its console, or its
+#        heartbeat stopped): the one case a caller may run CMD again.
+# With --why FILE, the reason for 124/125/126 is written there (one line).
+# CMD may append lines to $COCOON_TESTHOST_RESULTS; with --results FILE they
+# are appended to FILE whatever happened, also when the test host hung.
 # One vCPU by default: with two, QEMU's multi-threaded TCG under nested SVM
 # was seen to hang the test host (soft lockups on both vCPUs) mid-run.
 # No vGIF (`-cpu max,-vgif`, COCOON_TESTHOST_CPU overrides): a test host that
@@ -21,15 +29,17 @@
 # The test host's own console goes to a log, printed when something fails.
 set -euo pipefail
 
-timeout=900 mem=${COCOON_TESTHOST_MEM:-4096} cpus=${COCOON_TESTHOST_CPUS:-1} keep_log=0
+timeout=900 mem=${COCOON_TESTHOST_MEM:-4096} cpus=${COCOON_TESTHOST_CPUS:-1} keep_log=0 results="" why=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --timeout) timeout=$2; shift 2;;
     --mem) mem=$2; shift 2;;
     --cpus) cpus=$2; shift 2;;
     --keep-log) keep_log=1; shift;;
+    --results) results=$2; shift 2;;
+    --why) why=$2; shift 2;;
     --) shift; break;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0;;
     *) echo "testhost: unknown option '$1' (usage: run.sh [--timeout S] [--mem MIB] [--cpus N] -- CMD...)" >&2; exit 2;;
   esac
 done
@@ -43,7 +53,22 @@ command -v qemu-system-x86_64 >/dev/null || { echo "testhost: qemu-system-x86_64
 
 out=$(mktemp -d /tmp/cocoon-testhost.XXXXXX)
 qpid=""
-cleanup() { local rc=$?; if [ -n "$qpid" ]; then kill -9 "$qpid" 2>/dev/null || true; fi; rm -rf "$out"; exit "$rc"; }
+tailpid=""
+cleanup() {
+  local rc=$?
+  if [ -n "$qpid" ]; then kill -9 "$qpid" 2>/dev/null || true; fi
+  # tail ends by itself once QEMU is gone, after reading what is left.
+  if [ -n "$tailpid" ]; then wait "$tailpid" 2>/dev/null || true; fi
+  if [ -n "$results" ] && [ -f "$out/results" ]; then cat "$out/results" >>"$results"; fi
+  rm -rf "$out"
+  exit "$rc"
+}
+# The test host failed or CMD ran out of time: say why (stderr and --why).
+give_up() { # CODE REASON
+  echo "testhost: $2" >&2
+  if [ -n "$why" ]; then echo "$2" >"$why"; fi
+  kill -9 "$qpid" 2>/dev/null || true
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -54,26 +79,25 @@ trap 'exit 130' INT TERM
       PATH|HOME|USER|LANG|RUST_LOG|RUST_BACKTRACE|CARGO_*|COCOON_*|CI) echo "export $name=$(printf '%q' "${!name}")";;
     esac
   done < <(env)
-  echo "export COCOON_IN_TESTHOST=1"
+  echo "export COCOON_IN_TESTHOST=1 COCOON_TESTHOST_RESULTS=/run/testhost/results"
   printf 'exec'; printf ' %q' "$@"; echo
 } >"$out/cmd.sh"
 printf "%s" "$PWD" >"$out/cwd"
-mkfifo "$out/console"
+: >"$out/output"
 
 qemu-system-x86_64 -M pc -accel ${COCOON_TESTHOST_ACCEL:-tcg} -cpu ${COCOON_TESTHOST_CPU:-max,-vgif} -smp "$cpus" -m "$mem" \
   -nodefaults -no-user-config -display none -no-reboot \
   -kernel "$kernel" -initrd "$initramfs" \
   -append "console=ttyS0 rdinit=/init quiet loglevel=3 panic=-1 ${COCOON_TESTHOST_APPEND:-}" \
   -chardev file,id=hostcon,path="$out/console.log" -serial chardev:hostcon \
-  -chardev file,id=cmdout,path="$out/console" -serial chardev:cmdout \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs local,path="$out",mount_tag=out,security_model=none \
   -monitor unix:"$out/monitor.sock",server=on,wait=off \
   </dev/null >"$out/qemu.log" 2>&1 &
 qpid=$!
-# Stream the command's output (second serial port) as it comes.
-cat "$out/console" &
-catpid=$!
+# Follow the command's output as it comes; tail stops once QEMU is gone.
+tail -n +1 -s 0.2 -F --pid="$qpid" "$out/output" 2>/dev/null &
+tailpid=$!
 
 # What the test host's vCPU was doing, from QEMU's monitor, for a host that
 # hung: halted with interrupts on and nothing pending (a lost wakeup) or
@@ -115,19 +139,17 @@ deadline=$(( $(date +%s) + timeout ))
 stall=${COCOON_TESTHOST_STALL_SECS:-120}
 while kill -0 "$qpid" 2>/dev/null; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
-    echo "testhost: timed out after ${timeout}s; killing the test host" >&2
-    kill -9 "$qpid" 2>/dev/null || true
-    wait "$catpid" 2>/dev/null || true
+    give_up 124 "the command ran past its deadline of ${timeout} s (a hang in the command, not the test host); killed"
+    wait "$tailpid" 2>/dev/null || true; tailpid=""
     echo "testhost: last console lines:" >&2; tail -20 "$out/console.log" >&2
     exit 124
   fi
   # A test host whose own kernel reports soft lockups is hung (seen with
   # QEMU TCG and nested SVM): give up now rather than at the deadline.
   if grep -q 'soft lockup' "$out/console.log" 2>/dev/null; then
-    echo "testhost: the test host's kernel hung (soft lockup); killing it" >&2
     monitor_dump
-    kill -9 "$qpid" 2>/dev/null || true
-    wait "$catpid" 2>/dev/null || true
+    give_up 126 "the test host's own kernel hung (soft lockup on its console); killed it"
+    wait "$tailpid" 2>/dev/null || true; tailpid=""
     tail -20 "$out/console.log" >&2
     exit 126
   fi
@@ -135,10 +157,9 @@ while kill -0 "$qpid" 2>/dev/null; do
   # output, no timers) and would sit there until the deadline. Its init
   # beats every 5 s; a heartbeat silent for $stall s means it is gone.
   if [ -f "$out/heartbeat" ] && [ $(( $(date +%s) - $(stat -c %Y "$out/heartbeat") )) -ge "$stall" ]; then
-    echo "testhost: the test host stopped (no heartbeat for ${stall}s); killing it" >&2
     monitor_dump
-    kill -9 "$qpid" 2>/dev/null || true
-    wait "$catpid" 2>/dev/null || true
+    give_up 126 "the test host stopped (no heartbeat for ${stall} s); killed it"
+    wait "$tailpid" 2>/dev/null || true; tailpid=""
     tail -20 "$out/console.log" >&2
     exit 126
   fi
@@ -146,9 +167,10 @@ while kill -0 "$qpid" 2>/dev/null; do
 done
 wait "$qpid" || true
 qpid=""
-wait "$catpid" 2>/dev/null || true
+wait "$tailpid" 2>/dev/null || true; tailpid=""
 if [ ! -f "$out/rc" ]; then
-  echo "testhost: the test host ended without an exit code; its console and QEMU said:" >&2
+  give_up 125 "the test host ended without an exit code (it crashed or powered off early)"
+  echo "testhost: its console and QEMU said:" >&2
   tail -30 "$out/console.log" >&2; tail -5 "$out/qemu.log" >&2
   exit 125
 fi

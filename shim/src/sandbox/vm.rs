@@ -20,6 +20,12 @@ use super::vmm_jail;
 use super::{Backend, Endpoints, PodDir, SandboxError};
 use crate::config::Config;
 
+/// How long a dead helper's last words may take to reach its log file.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// The stderr copier's end-of-input signal ([`bounded_output`]).
+type Drained = tokio::sync::oneshot::Receiver<()>;
+
 /// virtio-fs tag of every pod's share.
 pub const SHARE_TAG: &str = "cocoonfs";
 /// Guest CID (each VM has its own vsock device, so it can be constant).
@@ -120,7 +126,7 @@ impl VmBackend {
 
     async fn start_virtiofsd(&mut self) -> Result<(), SandboxError> {
         let sock = self.pod.virtiofsd_socket();
-        let (out, err) = bounded_output(&self.pod.virtiofsd_log(), self.cfg.vmm_log_limit_bytes)?;
+        let log = bounded_output(&self.pod.virtiofsd_log(), self.cfg.vmm_log_limit_bytes)?;
         let mut cmd = Command::new(&self.cfg.virtiofsd);
         cmd.arg("--socket-path")
             .arg(&sock)
@@ -128,14 +134,16 @@ impl VmBackend {
             .arg(self.pod.shared())
             .args(&self.cfg.virtiofsd_args)
             .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+            .stdout(log.stdout)
+            .stderr(log.stderr);
         self.join_cgroup(&mut cmd)?;
         let p = Supervised::spawn("virtiofsd", cmd, &self.pod.pid_file("virtiofsd"))?;
+        let mut drained = log.drained;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
             if let Some(status) = p.exit_status() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // All it printed, for the message.
+                let _ = tokio::time::timeout(DRAIN_WAIT, &mut drained).await;
                 return Err(SandboxError::EarlyExit {
                     what: "virtiofsd".into(),
                     status: format!("{status}: {}", log_tail(&self.pod.virtiofsd_log()).trim()),
@@ -151,8 +159,11 @@ impl VmBackend {
         Ok(())
     }
 
-    fn vmm_command(&self) -> Result<Command, SandboxError> {
+    /// The VMM's command line, and the signal that its stderr is all in
+    /// the pod's `vmm-stderr` file (both the monitor and the VMM are gone).
+    fn vmm_command(&self) -> Result<(Command, Drained), SandboxError> {
         let mut cmd = Command::new(&self.cfg.vmm);
+        let stderr = bounded_output(&self.pod.vmm_stderr(), STDERR_LIMIT)?;
         let serial = if self.cfg.debug_console {
             format!("file:{}", self.pod.console_log().display())
         } else {
@@ -197,7 +208,7 @@ impl VmBackend {
             .stdout(Stdio::null())
             // A panic or a start-up error, kept for the error message;
             // everything else goes to the bounded --log-file.
-            .stderr(bounded_output(&self.pod.vmm_stderr(), STDERR_LIMIT)?.1);
+            .stderr(stderr.stderr);
         if let Some(uid) = self.uid {
             cmd.arg("--jail")
                 .arg(self.pod.jail())
@@ -207,7 +218,7 @@ impl VmBackend {
                 .arg(uid.to_string());
         }
         self.join_cgroup(&mut cmd)?;
-        Ok(cmd)
+        Ok((cmd, stderr.drained))
     }
 
     async fn start_processes(&mut self) -> Result<(), SandboxError> {
@@ -223,7 +234,8 @@ impl VmBackend {
         }
         vmm_jail::prepare_dir(&self.pod, self.uid)?;
         self.start_virtiofsd().await?;
-        let vmm = Supervised::spawn("cocoon-vmm", self.vmm_command()?, &self.pod.pid_file("vmm"))?;
+        let (cmd, drained) = self.vmm_command()?;
+        let vmm = Supervised::spawn("cocoon-vmm", cmd, &self.pod.pid_file("vmm"))?;
         let mut exited = vmm.exited();
         let dead_tx = self.dead_tx.clone();
         let (stopping, stderr, pod, pid) = (
@@ -236,8 +248,10 @@ impl VmBackend {
             let _ = exited.wait_for(|s| s.is_some()).await;
             if !stopping.load(Ordering::SeqCst) {
                 let status = exited.borrow().clone().unwrap_or_default();
-                // The monitor's message lands just before it exits.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // What the VMM and its monitor wrote as they died (the
+                // seccomp handler's line) is in the file once the pipe is
+                // drained; bounded, should a descendant keep it open.
+                let _ = tokio::time::timeout(DRAIN_WAIT, drained).await;
                 let why = describe_vmm_death(pid, &status, &log_tail(&stderr));
                 tracing::error!(%pod, "the pod's VM is gone: {why}");
             }

@@ -18,8 +18,13 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// A binary of this workspace: in `COCOON_E2E_BIN_DIR` (make e2e sets it to
+/// the profile it built), else in target/debug.
 pub fn target_bin(name: &str) -> PathBuf {
-    let p = repo().join("target/debug").join(name);
+    let dir = std::env::var_os("COCOON_E2E_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/debug"));
+    let p = dir.join(name);
     assert!(
         p.exists(),
         "{} missing: cargo build -p {}",
@@ -72,10 +77,13 @@ impl Containerd {
         std::fs::create_dir_all(&dir).unwrap();
         let backend = std::env::var("COCOON_E2E_BACKEND").unwrap_or_else(|_| "vm".into());
         let mut cfg = format!(
-            "backend = \"{backend}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\nagent = \"{}\"\nagent_timeout_secs = 120\n",
+            "backend = \"{backend}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\nagent_timeout_secs = 120\n",
             run_dir.display(),
-            target_bin("cocoon-agent").display()
         );
+        if backend == "local" {
+            let agent = target_bin("cocoon-agent");
+            cfg.push_str(&format!("agent = \"{}\"\n", agent.display()));
+        }
         if backend == "vm" {
             for (key, var) in [
                 ("vmm", "COCOON_VMM"),
