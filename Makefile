@@ -65,7 +65,11 @@ unit:
 e2e: kernel initrd build
 	@tests/run-e2e.sh
 
-test: deps lint unit fuzz-smoke e2e
+# lint+unit and initrd+fuzz-smoke build in different cargo output
+# directories: side by side, then the end-to-end tests.
+test: deps kernel
+	@scripts/side-by-side.sh "lint unit" "initrd fuzz-smoke"
+	@$(MAKE) --no-print-directory e2e
 	@echo "make test: all passed ($$(cat $(BUILD)/e2e-summary.txt 2>/dev/null || echo "no e2e summary"))"
 
 demo: deps kernel initrd build-release
