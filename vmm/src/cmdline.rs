@@ -120,12 +120,39 @@ mod tests {
         to_string(&build_cmdline(extras, devices).unwrap())
     }
 
+    /// What the VMM relies on, in every command line it builds: the serial
+    /// console first, a reboot through the i8042 (which the VMM takes as
+    /// the guest's exit), a panic that reboots at once, and no user extra
+    /// placed before them.
     #[test]
-    fn base_only() {
+    fn base_options_are_in_every_built_line() {
         assert_eq!(text(None, &[]), BASE_CMDLINE);
-        assert!(BASE_CMDLINE.contains("reboot=k"));
-        assert!(BASE_CMDLINE.contains("panic=-1"));
-        assert!(BASE_CMDLINE.starts_with("console=ttyS0 "));
+        let dev = [MmioDeclaration {
+            base: 0xd000_0000,
+            size: 0x1000,
+            irq: 5,
+        }];
+        for (extras, devices) in [
+            (None, &[][..]),
+            (Some("quiet"), &[][..]),
+            (Some("-- --verbose"), &dev[..]),
+            (Some("console=hvc0 panic=5 -- x"), &dev[..]),
+        ] {
+            let s = text(extras, devices);
+            let words: Vec<&str> = s.split(' ').collect();
+            assert_eq!(words.first(), Some(&"console=ttyS0"), "{s}");
+            let at = |w: &str| words.iter().position(|x| *x == w);
+            for w in ["reboot=k", "panic=-1", "nomodule"] {
+                let i = at(w).unwrap_or_else(|| panic!("no {w} in {s:?}"));
+                // Before any extra (the kernel takes the last of a repeated
+                // option, so a user's own may still override on purpose).
+                if let Some(e) = extras.and_then(|e| e.split_whitespace().next()) {
+                    if let Some(j) = at(e) {
+                        assert!(i < j, "{w} after the extra {e}: {s}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -22,8 +22,49 @@ pub const APPLETS: &[&str] = &[
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// How long one agent call may take (generous: under nested emulation a
+/// container start takes seconds).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a call that waits for a process may block, and how long a
+/// stream may take to reach its end.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A call context whose deadline is `CALL_TIMEOUT`: a call the agent never
+/// answers fails the test instead of hanging it.
 pub fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(0)
+    ctx_for(CALL_TIMEOUT)
+}
+
+/// A call context with deadline `limit`.
+pub fn ctx_for(limit: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(limit.as_nanos() as i64)
+}
+
+/// True for the error ttrpc gives when a call's deadline passed, on the
+/// client side or on the server side (not an error the agent made).
+pub fn is_deadline(e: &ttrpc::Error) -> bool {
+    match e {
+        ttrpc::Error::Others(m) => m.starts_with("Receive packet timeout"),
+        ttrpc::Error::RpcStatus(s) => {
+            s.code() == ttrpc::Code::DEADLINE_EXCEEDED && s.message() == "timeout"
+        }
+        _ => false,
+    }
+}
+
+/// Awaits a call made with a deadline of `limit`; fails the test, naming
+/// `what`, when that deadline passes (also as a last resort if the call
+/// itself never returns).
+pub async fn bounded<T>(
+    what: &str,
+    limit: Duration,
+    call: impl std::future::Future<Output = ttrpc::Result<T>>,
+) -> ttrpc::Result<T> {
+    match tokio::time::timeout(limit + Duration::from_secs(5), call).await {
+        Ok(Err(e)) if is_deadline(&e) => panic!("{what}: no answer within {limit:?} ({e:?})"),
+        Ok(r) => r,
+        Err(_) => panic!("{what}: no answer within {limit:?}"),
+    }
 }
 
 pub struct Agent {
@@ -177,20 +218,35 @@ impl Agent {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        self.client.create_container(ctx(), &req).await
+        bounded(
+            &format!("CreateContainer {id}"),
+            CALL_TIMEOUT,
+            self.client.create_container(ctx(), &req),
+        )
+        .await
     }
 
     pub async fn start_c(&self, id: &str) -> ttrpc::Result<ProcessResponse> {
         let mut req = ContainerRequest::new();
         req.container_id = id.into();
-        self.client.start_container(ctx(), &req).await
+        bounded(
+            &format!("StartContainer {id}"),
+            CALL_TIMEOUT,
+            self.client.start_container(ctx(), &req),
+        )
+        .await
     }
 
     pub async fn wait(&self, id: &str, exec: &str) -> ttrpc::Result<WaitProcessResponse> {
         let mut req = ProcessRequest::new();
         req.container_id = id.into();
         req.exec_id = exec.into();
-        self.client.wait_process(ctx(), &req).await
+        bounded(
+            &format!("WaitProcess {id}/{exec}"),
+            WAIT_TIMEOUT,
+            self.client.wait_process(ctx_for(WAIT_TIMEOUT), &req),
+        )
+        .await
     }
 
     pub async fn signal(&self, id: &str, exec: &str, sig: u32) -> ttrpc::Result<Empty> {
@@ -198,18 +254,32 @@ impl Agent {
         req.container_id = id.into();
         req.exec_id = exec.into();
         req.signal = sig;
-        self.client.signal_process(ctx(), &req).await
+        bounded(
+            &format!("SignalProcess {id}/{exec} {sig}"),
+            CALL_TIMEOUT,
+            self.client.signal_process(ctx(), &req),
+        )
+        .await
     }
 
     pub async fn remove(&self, id: &str) -> ttrpc::Result<Empty> {
         let mut req = RemoveContainerRequest::new();
         req.container_id = id.into();
-        self.client.remove_container(ctx(), &req).await
+        bounded(
+            &format!("RemoveContainer {id}"),
+            CALL_TIMEOUT,
+            self.client.remove_container(ctx(), &req),
+        )
+        .await
     }
 
     pub async fn stream(&self, id: &str, exec: &str, kind: StreamKind) -> BoxConn {
-        open_stream(&self.streams, &StreamHeader::new(kind, id, exec))
+        let header = StreamHeader::new(kind, id, exec);
+        tokio::time::timeout(CALL_TIMEOUT, open_stream(&self.streams, &header))
             .await
+            .unwrap_or_else(|_| {
+                panic!("attaching {kind:?} of {id}/{exec}: no answer within {CALL_TIMEOUT:?}")
+            })
             .expect("stream attach")
     }
 
@@ -228,14 +298,33 @@ impl Agent {
     }
 }
 
+/// Reads a stream to its end (within `WAIT_TIMEOUT`: a stream the agent
+/// never closes fails the test, with what had arrived).
 pub async fn read_all(mut c: BoxConn) -> String {
     let mut v = Vec::new();
-    c.read_to_end(&mut v).await.unwrap();
+    let r = tokio::time::timeout(WAIT_TIMEOUT, c.read_to_end(&mut v)).await;
+    match r {
+        Ok(r) => {
+            r.unwrap();
+        }
+        Err(_) => panic!(
+            "a stream did not reach its end within {WAIT_TIMEOUT:?}; it had {:?}",
+            String::from_utf8_lossy(&v)
+        ),
+    }
     String::from_utf8_lossy(&v).into_owned()
 }
 
 pub async fn write_all(c: &mut BoxConn, data: &[u8]) {
-    c.write_all(data).await.unwrap();
+    tokio::time::timeout(CALL_TIMEOUT, c.write_all(data))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "writing {} bytes to a stream: stuck for {CALL_TIMEOUT:?}",
+                data.len()
+            )
+        })
+        .unwrap();
 }
 
 /// Reads from `c` until `needle` shows up (or panics after `t`).

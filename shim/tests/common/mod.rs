@@ -26,8 +26,57 @@ pub const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "tty", "stty", "touch", "true", "false", "env", "pwd", "ls", "dd",
 ];
 
+/// A call context whose deadline is `op_timeout()`: a task call that
+/// never returns fails the test instead of hanging it.
 pub fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(0)
+    ctx_for(op_timeout())
+}
+
+/// A call context with deadline `limit`.
+pub fn ctx_for(limit: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(limit.as_nanos() as i64)
+}
+
+/// How long a `Wait` (which blocks until the process exits) may take, and
+/// how long a process's output may take to reach its end: generous, but
+/// bounded.
+pub fn wait_timeout() -> Duration {
+    op_timeout() * 2
+}
+
+/// True for the error ttrpc gives when a call's deadline passed, on the
+/// client side or on the server side (not an error the shim made).
+pub fn is_deadline(e: &ttrpc::Error) -> bool {
+    match e {
+        ttrpc::Error::Others(m) => m.starts_with("Receive packet timeout"),
+        ttrpc::Error::RpcStatus(s) => {
+            s.code() == ttrpc::Code::DEADLINE_EXCEEDED && s.message() == "timeout"
+        }
+        _ => false,
+    }
+}
+
+/// Awaits a call made with a deadline of `limit` (`ctx_for(limit)`; `ctx()`
+/// is `op_timeout()`); fails the test, naming `what`, when that deadline
+/// passes (also as a last resort if the call itself never returns).
+pub async fn bounded<T>(
+    what: &str,
+    limit: Duration,
+    call: impl std::future::Future<Output = ttrpc::Result<T>>,
+) -> ttrpc::Result<T> {
+    match tokio::time::timeout(limit + Duration::from_secs(5), call).await {
+        Ok(Err(e)) if is_deadline(&e) => panic!("{what}: no answer within {limit:?} ({e:?})"),
+        Ok(r) => r,
+        Err(_) => panic!("{what}: no answer within {limit:?}"),
+    }
+}
+
+/// `bounded` with the ordinary deadline, `op_timeout()`.
+pub async fn call<T>(
+    what: &str,
+    f: impl std::future::Future<Output = ttrpc::Result<T>>,
+) -> ttrpc::Result<T> {
+    bounded(what, op_timeout(), f).await
 }
 
 /// The agent binary: `COCOON_AGENT_BIN`, or `cocoon-agent` next to the
@@ -141,7 +190,14 @@ impl Harness {
             .unwrap()
             .register_service(create_task(Arc::from(task)));
         server.start().await.unwrap();
-        let client = TaskClient::new(ttrpc::r#async::Client::connect(&sock).await.unwrap());
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            ttrpc::r#async::Client::connect(&sock),
+        )
+        .await
+        .expect("connecting to the task service: no answer within 10 s")
+        .unwrap();
+        let client = TaskClient::new(client);
         Harness {
             dir,
             client,
@@ -202,7 +258,7 @@ impl Harness {
             terminal,
             ..Default::default()
         };
-        self.client.create(ctx(), &req).await
+        call(&format!("Create {id}"), self.client.create(ctx(), &req)).await
     }
 
     pub async fn start_task(&self, id: &str, exec_id: &str) -> ttrpc::Result<StartResponse> {
@@ -211,7 +267,11 @@ impl Harness {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        self.client.start(ctx(), &req).await
+        call(
+            &format!("Start {id}/{exec_id}"),
+            self.client.start(ctx(), &req),
+        )
+        .await
     }
 
     pub async fn wait(&self, id: &str, exec_id: &str) -> ttrpc::Result<WaitResponse> {
@@ -220,7 +280,12 @@ impl Harness {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        self.client.wait(ctx(), &req).await
+        bounded(
+            &format!("Wait {id}/{exec_id}"),
+            wait_timeout(),
+            self.client.wait(ctx_for(wait_timeout()), &req),
+        )
+        .await
     }
 
     pub async fn state(&self, id: &str, exec_id: &str) -> ttrpc::Result<StateResponse> {
@@ -229,7 +294,11 @@ impl Harness {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        self.client.state(ctx(), &req).await
+        call(
+            &format!("State {id}/{exec_id}"),
+            self.client.state(ctx(), &req),
+        )
+        .await
     }
 
     pub async fn kill(&self, id: &str, exec_id: &str, signal: u32) -> ttrpc::Result<Empty> {
@@ -239,7 +308,11 @@ impl Harness {
             signal,
             ..Default::default()
         };
-        self.client.kill(ctx(), &req).await
+        call(
+            &format!("Kill {id}/{exec_id} {signal}"),
+            self.client.kill(ctx(), &req),
+        )
+        .await
     }
 
     pub async fn delete(&self, id: &str, exec_id: &str) -> ttrpc::Result<DeleteResponse> {
@@ -248,14 +321,20 @@ impl Harness {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        self.client.delete(ctx(), &req).await
+        call(
+            &format!("Delete {id}/{exec_id}"),
+            self.client.delete(ctx(), &req),
+        )
+        .await
     }
 
     pub async fn shutdown(&self) {
-        self.client
-            .shutdown(ctx(), &ShutdownRequest::default())
-            .await
-            .unwrap();
+        call(
+            "Shutdown",
+            self.client.shutdown(ctx(), &ShutdownRequest::default()),
+        )
+        .await
+        .unwrap();
     }
 
     /// Runs `args` to completion; returns (exit status, stdout, stderr).
@@ -276,13 +355,55 @@ impl Harness {
         let (ro, re) = (reader(&o), reader(&e));
         self.start_task(id, "").await.expect("start");
         let w = self.wait(id, "").await.expect("wait");
-        let (out, err) = (ro.await.unwrap(), re.await.unwrap());
+        let (out, err) = (ro.text().await, re.text().await);
         self.delete(id, "").await.expect("delete");
         (w.exit_status, out, err)
     }
 
-    /// Nothing left: no pod dirs, no mounts under the test dir.
+    /// Processes of this harness (other than the test itself): those whose
+    /// root or working directory is below the test dir (containers of the
+    /// local backend, jailed VMMs) or whose command line names it (agents,
+    /// VMMs, virtiofsd). (pid, command line)
+    pub fn our_processes(&self) -> Vec<(i32, String)> {
+        let dir = self.dir.path();
+        let me = std::process::id() as i32;
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let p = e.path();
+                let cmd = std::fs::read(p.join("cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+                // Zombies are gone but for their parent's wait.
+                let zombie = stat
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, r)| r.starts_with('Z'));
+                let below =
+                    |l: &str| std::fs::read_link(p.join(l)).is_ok_and(|t| t.starts_with(dir));
+                let ours = below("root") || below("cwd") || cmd.contains(&*dir.to_string_lossy());
+                (pid != me && !zombie && ours).then_some((pid, cmd))
+            })
+            .collect()
+    }
+
+    /// Nothing left: no pod dirs, no mounts under the test dir, and (within
+    /// 10 s) no processes of ours.
     pub fn assert_clean(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.our_processes();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "processes left: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let left: Vec<_> = std::fs::read_dir(self.run_dir())
             .unwrap()
             .flatten()
@@ -297,9 +418,101 @@ impl Harness {
     }
 }
 
+/// A process as /proc shows it: (pid, start time in ticks, command line).
+/// The start time tells a process from a later one with a reused pid.
+pub type Proc = (i32, u64, String);
+
+/// `pid`'s (ppid, start time, zombie) from /proc/PID/stat.
+fn stat_of(pid: i32) -> Option<(i32, u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let f: Vec<&str> = rest.split(' ').collect();
+    // After the command: state, ppid, ... starttime (field 22 of the line).
+    Some((
+        f.get(1)?.parse().ok()?,
+        f.get(19)?.parse().ok()?,
+        f[0] == "Z",
+    ))
+}
+
+/// `pid` and all its descendants, living (not zombies).
+pub fn process_tree(pid: i32) -> Vec<Proc> {
+    let all: Vec<(i32, i32, u64, bool)> = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let p: i32 = e.file_name().to_str()?.parse().ok()?;
+                    let (ppid, start, zombie) = stat_of(p)?;
+                    Some((p, ppid, start, zombie))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|a| a.1 == parent).map(|a| a.0));
+        i += 1;
+    }
+    all.iter()
+        .filter(|a| tree.contains(&a.0) && !a.3)
+        .map(|a| {
+            let cmd = std::fs::read(format!("/proc/{}/cmdline", a.0)).unwrap_or_default();
+            (
+                a.0,
+                a.2,
+                String::from_utf8_lossy(&cmd)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// True while that process (not a later one with its pid) lives.
+pub fn alive(p: &Proc) -> bool {
+    stat_of(p.0).is_some_and(|(_, start, zombie)| start == p.1 && !zombie)
+}
+
+/// Polls until none of `procs` is alive; fails naming them after `limit`.
+pub fn assert_gone(procs: &[Proc], limit: Duration, why: &str) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left: Vec<&Proc> = procs.iter().filter(|p| alive(p)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{why}: still alive after {limit:?}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
-        // Belt and braces for failing tests: detach anything still mounted.
+        // Belt and braces for failing tests: end what the pods left running
+        // (without a VM, the containers' processes in the agents' cgroups),
+        // then detach anything still mounted.
+        if let Ok(rd) = std::fs::read_dir(self.run_dir()) {
+            for pod in rd.flatten() {
+                if !vm_backend() {
+                    cocoon_shim::sandbox::local::remove_cgroups(&format!(
+                        "cocoon-{}",
+                        pod.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        for (pid, _) in self.our_processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for l in info.lines() {
             if let Some(mp) = l.split(' ').nth(4) {
@@ -312,15 +525,52 @@ impl Drop for Harness {
     }
 }
 
-/// Reads a FIFO to EOF in the background (the shim holds the write end
+/// A FIFO read to EOF in the background (the shim holds the write end
 /// until the process's output is drained).
-pub fn reader(path: &str) -> tokio::task::JoinHandle<String> {
+pub struct Reader {
+    path: String,
+    task: tokio::task::JoinHandle<()>,
+    got: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+pub fn reader(path: &str) -> Reader {
     let mut rx = pipe::OpenOptions::new().open_receiver(path).unwrap();
-    tokio::spawn(async move {
-        let mut v = Vec::new();
-        let _ = rx.read_to_end(&mut v).await;
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 16384];
+        while let Ok(n @ 1..) = rx.read(&mut buf).await {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    Reader {
+        path: path.to_string(),
+        task,
+        got,
+    }
+}
+
+impl Reader {
+    /// What has arrived so far.
+    pub fn so_far(&self) -> String {
+        String::from_utf8_lossy(&self.got.lock().unwrap()).into_owned()
+    }
+
+    /// Everything written to the FIFO, once its writer closed it; fails
+    /// the test (with what had arrived) if that takes over `wait_timeout()`.
+    pub async fn text(self) -> String {
+        let limit = wait_timeout();
+        match tokio::time::timeout(limit, self.task).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => panic!(
+                "{}: no EOF within {limit:?} (the shim never closed it); it had {:?}",
+                self.path,
+                String::from_utf8_lossy(&self.got.lock().unwrap())
+            ),
+        }
+        let v = std::mem::take(&mut *self.got.lock().unwrap());
         String::from_utf8_lossy(&v).into_owned()
-    })
+    }
 }
 
 pub fn code(e: &ttrpc::Error) -> ttrpc::Code {

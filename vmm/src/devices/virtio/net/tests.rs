@@ -235,23 +235,24 @@ fn overlong_chains() {
 }
 
 /// Runs `f` on a thread that has its own network namespace (network
-/// namespaces are per thread), so the TAP never leaves it. Skips without
-/// root, /dev/net/tun or `ip`.
+/// namespaces are per thread), so the TAP never leaves it. Fails (never
+/// skips) without root, /dev/net/tun or `ip`.
 fn in_private_netns(f: impl FnOnce() + Send + 'static) {
     std::thread::spawn(move || {
         // SAFETY: unshare only changes this thread's namespaces.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            eprintln!("skipped: cannot unshare the network namespace (not root?)");
-            return;
+            panic!(
+                "cannot unshare the network namespace (the tests run as root): {}",
+                std::io::Error::last_os_error()
+            );
         }
-        let ok = std::process::Command::new("ip")
+        let st = std::process::Command::new("ip")
             .args(["tuntap", "add", "ctap0", "mode", "tap"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("skipped: cannot create a TAP (no /dev/net/tun or ip?)");
-            return;
-        }
+            .status();
+        assert!(
+            st.as_ref().is_ok_and(|s| s.success()),
+            "cannot create a TAP with `ip tuntap add` (is /dev/net/tun there, iproute2 installed?): {st:?}"
+        );
         f();
     })
     .join()

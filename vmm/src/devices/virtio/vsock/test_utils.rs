@@ -163,6 +163,11 @@ impl TestMemory {
         q
     }
 
+    /// The descriptor table of queue `index`.
+    pub fn desc_addr(&self, index: usize) -> GuestAddress {
+        self.layout[index].0
+    }
+
     /// The avail ring of queue `index`.
     pub fn avail_addr(&self, index: usize) -> GuestAddress {
         self.layout[index].1
