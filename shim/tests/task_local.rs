@@ -591,12 +591,20 @@ async fn agent_death_exits_every_task_non_zero() {
     } else {
         "sleep 1000"
     };
+    let is_it = |cmd: &str| {
+        if vm_backend() {
+            let argv0 = cmd.split(' ').next().unwrap_or_default();
+            std::path::Path::new(argv0).file_name() == Some(std::ffi::OsStr::new(want))
+        } else {
+            cmd == want
+        }
+    };
     let deadline = std::time::Instant::now() + op_timeout();
     let tree = loop {
         let tree = process_tree(pid as i32);
         if tree
             .iter()
-            .any(|(p, _, cmd)| *p != pid as i32 && cmd.starts_with(want))
+            .any(|(p, _, cmd)| *p != pid as i32 && is_it(cmd))
         {
             break tree;
         }
@@ -765,14 +773,23 @@ async fn calm_and_frozen_pods(h: &Harness, calm: &str, stuck: &str) -> Frozen {
     Frozen::stop(pid)
 }
 
-/// Until `done`: every 200 ms, State of the (healthy, created) task `id`
-/// must answer within 2 s, whatever the stuck pod's call is doing. The
-/// number of probes made.
-async fn probe_while_pending(h: &Harness, id: &str, done: &std::sync::atomic::AtomicBool) -> u32 {
+/// While a call on the stuck pod waits for its agent (until `done`, or
+/// the agent call's deadline `call` less 500 ms): every 200 ms, State of
+/// the (healthy, created) task `id` must answer within 2 s. The number of
+/// probes made.
+async fn probe_while_pending(
+    h: &Harness,
+    id: &str,
+    done: &std::sync::atomic::AtomicBool,
+    call: Duration,
+) -> u32 {
+    let started = std::time::Instant::now();
     let mut n = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if done.load(std::sync::atomic::Ordering::SeqCst) {
+        if done.load(std::sync::atomic::Ordering::SeqCst)
+            || started.elapsed() + Duration::from_millis(500) > call
+        {
             return n;
         }
         let t = std::time::Instant::now();
@@ -806,7 +823,7 @@ async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         (r, started.elapsed())
     };
-    let (kill, probes) = tokio::join!(kill, probe_while_pending(&h, "bystander", &done));
+    let (kill, probes) = tokio::join!(kill, probe_while_pending(&h, "bystander", &done, call));
     // The Kill waits out the call deadline (3 s): a probe every 200 ms.
     assert!(
         probes >= 5,
@@ -880,7 +897,7 @@ async fn a_create_stuck_on_its_agent_does_not_block_other_pods() {
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         r
     };
-    let (created, probes) = tokio::join!(create, probe_while_pending(&h, "calm", &done));
+    let (created, probes) = tokio::join!(create, probe_while_pending(&h, "calm", &done, call));
     drop(frozen);
     assert!(
         probes >= 5,
