@@ -3,6 +3,7 @@
 # end-to-end tests; a system containerd is untouched.
 #
 #   tests/ctr/containerd.sh start DIR   start it (socket DIR/containerd.sock), import the busybox image
+#                                       (the tar COCOON_E2E_IMAGE_TAR names, if set; else built now)
 #   tests/ctr/containerd.sh stop DIR    stop it, remove what it left
 #
 # The shim is found on PATH (containerd passes its environment on to shims);
@@ -30,8 +31,17 @@ TOML
     sleep 0.05
   done
   ctr --address "$dir/containerd.sock" version >/dev/null || { tail -20 "$dir/containerd.log" >&2; exit 1; }
-  python3 "$here/mkimage.py" --busybox "$(command -v busybox || echo /bin/busybox)" --out "$dir/busybox.tar"
-  ctr --address "$dir/containerd.sock" -n cocoon image import "$dir/busybox.tar" >/dev/null
+  # A tar made once for the whole run (COCOON_E2E_IMAGE_TAR), or one made now.
+  tar=${COCOON_E2E_IMAGE_TAR:-}
+  if [ -n "$tar" ] && [ ! -f "$tar" ]; then
+    echo "containerd.sh: COCOON_E2E_IMAGE_TAR=$tar does not exist; building the image" >&2
+    tar=
+  fi
+  if [ -z "$tar" ]; then
+    tar=$dir/busybox.tar
+    python3 "$here/mkimage.py" --busybox "$(command -v busybox || echo /bin/busybox)" --out "$tar"
+  fi
+  ctr --address "$dir/containerd.sock" -n cocoon image import "$tar" >/dev/null
   ;;
 stop)
   if [ -f "$dir/containerd.pid" ]; then

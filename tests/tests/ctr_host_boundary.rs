@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{mount_points, umount_detach, Containerd};
+use common::{mount_points, umount_detach, Pods};
 
 /// Shell prologue of every attack: busybox's applets that the image does
 /// not link, and the share mounted at /m (says `share-mounted` or not).
@@ -39,16 +39,16 @@ echo \"/m holds: $(ls /m | tr '\\n' ' ')\"
 /// Undoes on drop (also when a test failed) what a test and its attacker
 /// may have left: containers, VMMs and virtiofsds, mounts under the run
 /// dir, new mounts outside it (an attack that worked), the victim mount,
-/// the host temp dirs. Declared after the `Containerd`, so dropped first.
+/// the host temp dirs. Declared after the `Pods`, so dropped first.
 struct Guard<'a> {
-    c: &'a Containerd,
+    c: &'a Pods<'a>,
     mounts_before: Vec<PathBuf>,
     victim: Option<PathBuf>,
     dirs: Vec<PathBuf>,
 }
 
 impl<'a> Guard<'a> {
-    fn new(c: &'a Containerd) -> Guard<'a> {
+    fn new(c: &'a Pods<'a>) -> Guard<'a> {
         Guard {
             c,
             mounts_before: mount_points(),
@@ -94,7 +94,7 @@ impl<'a> Guard<'a> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        self.c.force_cleanup();
+        self.c.cleanup();
         for m in self.new_mounts_outside().iter().rev() {
             eprintln!(
                 "cleanup: unmounting {} (mounted by the attack)",
@@ -133,23 +133,6 @@ fn entries(d: &Path) -> Vec<String> {
     v
 }
 
-/// Polls until `c.leftovers()` is empty; fails after `limit` with them.
-fn assert_nothing_left(c: &Containerd, limit: Duration, why: &str) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = c.leftovers();
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{why}: still there after {limit:?}:\n  {}",
-            left.join("\n  ")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The attack's output must show it ran: the share was mounted.
 fn assert_share_mounted(out: &str, err: &str) {
     assert!(
@@ -161,7 +144,7 @@ fn assert_share_mounted(out: &str, err: &str) {
 #[test]
 fn ctr_readonly_volume_stays_readonly_through_the_share() {
     require_supported_vmm!();
-    let c = Containerd::start("rovol");
+    let c = Pods::shared(&["rovol"]);
     let mut g = Guard::new(&c);
     let vol = g.host_dir("rovol");
     std::fs::write(vol.join("keep-ro.txt"), "original\n").unwrap();
@@ -202,13 +185,13 @@ true
         ["keep-ro.txt"],
         "entries created in the host dir behind a read-only volume; attack output:\n{out}"
     );
-    assert_nothing_left(&c, Duration::from_secs(30), "after ctr run --rm");
+    c.assert_clean_within(Duration::from_secs(30), "after ctr run --rm");
 }
 
 #[test]
 fn ctr_symlinks_planted_for_the_next_container_of_the_pod() {
     require_supported_vmm!();
-    let c = Containerd::start("plant");
+    let c = Pods::shared(&["pod-sbx", "pod-next1", "pod-next2"]);
     let mut g = Guard::new(&c);
     let target = g.host_dir("target");
     std::fs::write(target.join("marker"), "marker\n").unwrap();
@@ -314,13 +297,13 @@ true
         new.is_empty(),
         "host mounts left outside the run dir: {new:?}"
     );
-    assert_nothing_left(&c, Duration::from_secs(30), "after the pod was removed");
+    c.assert_clean_within(Duration::from_secs(30), "after the pod was removed");
 }
 
 #[test]
 fn ctr_teardown_does_not_unmount_a_host_mount_named_by_the_guest() {
     require_supported_vmm!();
-    let c = Containerd::start("tdown");
+    let c = Pods::shared(&["tdown"]);
     let mut g = Guard::new(&c);
     let victim = g.host_dir("victim");
     let st = Command::new("mount")
@@ -355,13 +338,13 @@ true
         Some("victim\n"),
         "the victim tmpfs's file is gone"
     );
-    assert_nothing_left(&c, Duration::from_secs(30), "after ctr run --rm");
+    c.assert_clean_within(Duration::from_secs(30), "after ctr run --rm");
 }
 
 #[test]
 fn ctr_killed_shim_after_guest_writes_in_the_share_leaves_nothing() {
     require_supported_vmm!();
-    let c = Containerd::start("wreck");
+    let c = Pods::shared(&["wreck"]);
     let _g = Guard::new(&c);
     c.run_detached_with("wreck", &["--privileged"], &["sleep", "1000"]);
     let script = format!(
@@ -386,15 +369,14 @@ true
     // containerd sees the shim go, then the task is deleted through ctr
     // (which runs `containerd-shim-cocoon-v2 delete`).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while c.ctr(&["task", "ls"]).1.contains("RUNNING") && Instant::now() < deadline {
+    while c.task_status("wreck").as_deref() == Some("RUNNING") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     let (rc, _, err) = c.ctr(&["task", "rm", "-f", "wreck"]);
     eprintln!("ctr task rm -f wreck: exit {rc} {err}");
     let (rc, _, err) = c.ctr(&["container", "rm", "wreck"]);
     eprintln!("ctr container rm wreck: exit {rc} {err}");
-    assert_nothing_left(
-        &c,
+    c.assert_clean_within(
         Duration::from_secs(60),
         "after the shim was killed and the container deleted",
     );

@@ -10,15 +10,16 @@
 #[macro_use]
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Containerd, IMAGE, RUNTIME};
+use common::{Pods, IMAGE, RUNTIME};
 
 #[test]
 fn ctr_run_exit_codes_stdout_stderr_stdin() {
     require_supported_vmm!();
-    let c = Containerd::start("basic");
+    let c = Pods::shared(&["hello", "codes", "stdin"]);
     let t = Instant::now();
     let (rc, out, _) = c.run("hello", &[], &["echo", "hello from a micro-VM"]);
     eprintln!("ctr run --rm echo: {:?}", t.elapsed());
@@ -43,7 +44,7 @@ fn ctr_run_exit_codes_stdout_stderr_stdin() {
 #[test]
 fn ctr_env_cwd_and_readonly_rootfs() {
     require_supported_vmm!();
-    let c = Containerd::start("env");
+    let c = Pods::shared(&["env"]);
     let (rc, out, err) = c.run(
         "env",
         &["--env", "GREETING=hi", "--cwd", "/tmp", "--read-only"],
@@ -58,10 +59,127 @@ fn ctr_env_cwd_and_readonly_rootfs() {
     c.assert_clean();
 }
 
+/// The PIDs `ctr task ps ID` lists, in order; every row after the header
+/// must be one, numeric.
+fn task_ps(c: &Pods, id: &str) -> Vec<u32> {
+    let (rc, out, err) = c.ctr(&["task", "ps", id]);
+    assert_eq!(rc, 0, "ctr task ps {id}: {err}");
+    let mut lines = out.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(header.starts_with("PID"), "no header in {out:?}");
+    lines
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("a row of `ctr task ps` without a PID: {l:?} in {out:?}"))
+        })
+        .collect()
+}
+
+/// Polls `ctr task ps ID` until `cond` holds for its PIDs (60 s at most).
+fn wait_ps(c: &Pods, id: &str, what: &str, cond: impl Fn(&[u32]) -> bool) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pids = task_ps(c, id);
+        if cond(&pids) {
+            return pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: ctr task ps {id} gives {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Without a VM the PIDs are the host's: what runs there.
+fn host_cmdline(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
+        .replace('\0', " ")
+        .trim()
+        .to_string()
+}
+
+fn local_backend() -> bool {
+    std::env::var("COCOON_E2E_BACKEND").as_deref() == Ok("local")
+}
+
+/// The lines a child writes, gathered by a thread as they come.
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn of(r: impl std::io::Read + Send + 'static) -> Lines {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let rx = lines_of(r);
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for l in rx {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Lines(got)
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Polls until there are at least `n` lines (`limit` at most).
+    fn wait_for(&self, n: usize, limit: Duration, what: &str) {
+        let deadline = Instant::now() + limit;
+        while self.count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} lines after {limit:?}, wanted {n}",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until no line came for `quiet` (60 s at most); the count.
+    fn settled(&self, quiet: Duration, what: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = self.count();
+        loop {
+            std::thread::sleep(quiet);
+            let m = self.count();
+            if m == n {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: still {m} lines and growing after 60 s"
+            );
+            n = m;
+        }
+    }
+}
+
+/// `METRIC VALUE` rows of `ctr task metrics` (cgroup v2 names).
+fn metrics(c: &Pods, id: &str) -> std::collections::HashMap<String, u64> {
+    let (rc, out, err) = c.ctr(&["task", "metrics", id]);
+    assert_eq!(rc, 0, "ctr task metrics {id}: {err}");
+    let m: std::collections::HashMap<String, u64> = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (k, v) = (f.next()?, f.next()?);
+            (k.contains('.') && f.next().is_none()).then_some((k.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    for k in ["pids.current", "memory.usage", "cpu.usage_usec"] {
+        assert!(m.contains_key(k), "no {k} in:\n{out}");
+    }
+    m
+}
+
 #[test]
 fn ctr_exec_ps_pause_resume_metrics_and_kill() {
     require_supported_vmm!();
-    let c = Containerd::start("exec");
+    let c = Pods::shared(&["svc"]);
     c.run_detached("svc");
     let (rc, out, err) = c.ctr(&[
         "task",
@@ -74,27 +192,148 @@ fn ctr_exec_ps_pause_resume_metrics_and_kill() {
         "echo in-exec; exit 5",
     ]);
     assert_eq!((rc, out.as_str()), (5, "in-exec\n"), "{err}");
-    let (rc, out, _) = c.ctr(&["task", "ps", "svc"]);
-    assert_eq!(rc, 0);
-    assert!(out.lines().count() >= 2, "{out}");
-    assert_eq!(c.ctr(&["task", "pause", "svc"]).0, 0);
-    assert!(c.ctr(&["task", "ls"]).1.contains("PAUSED"));
-    assert_eq!(c.ctr(&["task", "resume", "svc"]).0, 0);
-    assert!(c.ctr(&["task", "ls"]).1.contains("RUNNING"));
-    let (rc, out, err) = c.ctr(&["task", "metrics", "svc"]);
-    assert_eq!(rc, 0, "ctr task metrics: {err}");
-    assert!(out.contains("pids.current"), "{out}");
+
+    // ps: the container's one process (its `sleep 1000`), then that one
+    // and a detached exec's, then the first one alone again.
+    let init = wait_ps(&c, "svc", "the container's init alone", |p| p.len() == 1)[0];
+    assert!(init > 0);
+    if local_backend() {
+        assert_eq!(host_cmdline(init), "sleep 1000", "pid {init}");
+    }
+    let (rc, _, err) = c.ctr(&[
+        "task",
+        "exec",
+        "-d",
+        "--exec-id",
+        "e2",
+        "svc",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(rc, 0, "ctr task exec -d: {err}");
+    let two = wait_ps(&c, "svc", "init and the exec", |p| p.len() == 2);
+    assert!(two.contains(&init), "{two:?} lost the init {init}");
+    let exec = *two.iter().find(|p| **p != init).unwrap();
+    if local_backend() {
+        assert_eq!(host_cmdline(exec), "sleep 300", "pid {exec}");
+    }
+    let (rc, _, err) = c.ctr(&["task", "kill", "-s", "SIGKILL", "--exec-id", "e2", "svc"]);
+    assert_eq!(rc, 0, "ctr task kill --exec-id e2: {err}");
+    wait_ps(&c, "svc", "the init alone after the exec was killed", |p| {
+        p == [init]
+    });
+
+    // pause/resume: a ticker exec (a numbered line every 100 ms) stops
+    // while the task is paused and goes on after.
+    let mut ticker = c
+        .ctr_cmd(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "tick",
+            "svc",
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ticks = Lines::of(ticker.stdout.take().unwrap());
+    ticks.wait_for(3, Duration::from_secs(120), "the ticker's first lines");
+    let (rc, _, err) = c.ctr(&["task", "pause", "svc"]);
+    assert_eq!(rc, 0, "ctr task pause: {err}");
+    assert_eq!(c.task_status("svc").as_deref(), Some("PAUSED"));
+    // Lines written before the freeze may still be on their way.
+    let frozen = ticks.settled(
+        Duration::from_secs(1),
+        "the ticker kept running while paused",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        ticks.count(),
+        frozen,
+        "the ticker made progress while paused (2 s after it had settled)"
+    );
+    let (rc, _, err) = c.ctr(&["task", "resume", "svc"]);
+    assert_eq!(rc, 0, "ctr task resume: {err}");
+    assert_eq!(c.task_status("svc").as_deref(), Some("RUNNING"));
+    ticks.wait_for(
+        frozen + 5,
+        Duration::from_secs(60),
+        "the ticker after resume",
+    );
+
+    // metrics: the sleep and the ticker's shell at least; memory in use,
+    // and less than the whole VM (256 MiB); CPU time spent.
+    let m = metrics(&c, "svc");
+    assert!(m["pids.current"] >= 2, "{m:?}");
+    assert!(
+        m["memory.usage"] > 0 && m["memory.usage"] < 256 << 20,
+        "{m:?}"
+    );
+    assert!(m["cpu.usage_usec"] > 0, "{m:?}");
+
     assert_eq!(c.ctr(&["task", "kill", "-s", "SIGKILL", "svc"]).0, 0);
-    c.wait_stopped("after SIGKILL");
+    // The exec ends with its container.
+    let st = wait_child(
+        &mut ticker,
+        Duration::from_secs(60),
+        "the ticker's ctr task exec did not end with its task",
+    );
+    assert!(!st.success(), "{st:?}");
+    c.wait_stopped("svc", "after SIGKILL");
     c.remove("svc");
-    std::thread::sleep(Duration::from_millis(500));
+    c.assert_clean();
+}
+
+/// The container's kernel is the pod VM's: its /proc/version is the
+/// banner built into COCOON_KERNEL, not this host's. (The local backend
+/// has no VM: there it is this host's kernel, as that backend says.)
+#[test]
+fn ctr_container_runs_on_the_guest_kernel() {
+    require_supported_vmm!();
+    let c = Pods::shared(&["kernel"]);
+    let (rc, out, err) = c.run("kernel", &[], &["cat", "/proc/version"]);
+    assert_eq!(rc, 0, "{err}");
+    let seen = out.trim_end();
+    let host = std::fs::read_to_string("/proc/version").unwrap();
+    let host = host.trim_end();
+    if local_backend() {
+        assert_eq!(seen, host, "the local backend runs on this host's kernel");
+    } else {
+        let kernel = std::env::var("COCOON_KERNEL").expect("COCOON_KERNEL is not set");
+        let image = std::fs::read(&kernel).unwrap_or_else(|e| panic!("{kernel}: {e}"));
+        // Every "Linux version N..." string, to its newline or NUL.
+        let banners: Vec<String> = image
+            .windows(15)
+            .enumerate()
+            .filter(|(_, w)| w.starts_with(b"Linux version ") && w[14].is_ascii_digit())
+            .map(|(i, _)| {
+                let rest = &image[i..];
+                let end = rest
+                    .iter()
+                    .position(|b| *b == b'\n' || *b == 0)
+                    .unwrap_or(rest.len());
+                String::from_utf8_lossy(&rest[..end]).into_owned()
+            })
+            .collect();
+        assert!(!banners.is_empty(), "no Linux version banner in {kernel}");
+        assert!(
+            banners.iter().any(|b| b == seen),
+            "the container's /proc/version {seen:?} is none of {kernel}'s banners {banners:?}"
+        );
+        assert_ne!(seen, host, "the container runs on this host's kernel");
+    }
     c.assert_clean();
 }
 
 #[test]
 fn ctr_many_containers_in_sequence_leave_nothing() {
     require_supported_vmm!();
-    let c = Containerd::start("seq");
+    let c = Pods::shared(&["seq0", "seq1", "seq2", "seq3", "seq4"]);
     for i in 0..5 {
         let (rc, out, _) = c.run(&format!("seq{i}"), &[], &["echo", &format!("run {i}")]);
         assert_eq!((rc, out), (0, format!("run {i}\n")));
@@ -105,7 +344,7 @@ fn ctr_many_containers_in_sequence_leave_nothing() {
 #[test]
 fn ctr_killed_pod_gives_an_exit_and_a_clean_state() {
     require_supported_vmm!();
-    let c = Containerd::start("kill");
+    let c = Pods::shared(&["victim"]);
     c.run_detached("victim");
     // The task pid is the pod's VMM (or local agent): kill it.
     let (_, out, _) = c.ctr(&["task", "ls"]);
@@ -117,38 +356,29 @@ fn ctr_killed_pod_gives_an_exit_and_a_clean_state() {
         .unwrap_or_else(|| panic!("no pid in {out}"));
     // SAFETY: kill(2) on a pid we just read; no memory is involved.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    c.wait_stopped("after the pod was killed");
+    c.wait_stopped("victim", "after the pod was killed");
     c.remove("victim");
-    std::thread::sleep(Duration::from_millis(500));
     c.assert_clean();
 }
 
 #[test]
 fn ctr_killed_shim_is_cleaned_up_by_the_delete_command() {
     require_supported_vmm!();
-    let c = Containerd::start("shimkill");
+    let c = Pods::shared(&["orphan"]);
     c.run_detached("orphan");
-    let pg = Command::new("pgrep")
-        .args([
-            "-f",
-            "containerd-shim-cocoon-v2 -namespace cocoon -id orphan",
-        ])
-        .output()
-        .unwrap();
-    let shim: i32 = String::from_utf8_lossy(&pg.stdout)
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("shim pid");
-    // SAFETY: kill(2) on the pid pgrep gave us; no memory is involved.
-    unsafe { libc::kill(shim, libc::SIGKILL) };
+    let shims = c.shim_pids("orphan");
+    assert_eq!(shims.len(), 1, "the shims serving orphan: {shims:?}");
+    // SAFETY: kill(2) on our shim's pid; no memory is involved.
+    unsafe { libc::kill(shims[0], libc::SIGKILL) };
     // containerd notices and runs `containerd-shim-cocoon-v2 delete`.
+    let pod = c.run_dir.join("orphan");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(&c.run_dir)
-        .map(|rd| rd.count() > 0)
-        .unwrap_or(false)
-    {
-        assert!(Instant::now() < deadline, "delete did not clean the pod");
+    while pod.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "delete did not clean the pod {}",
+            pod.display()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = c.ctr(&["task", "rm", "orphan"]);
@@ -189,7 +419,7 @@ fn lines_of(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver
 #[test]
 fn ctr_task_kill_sigterm_reaches_the_container() {
     require_supported_vmm!();
-    let c = Containerd::start("term");
+    let c = Pods::shared(&["trapper"]);
     let mut run = c
         .ctr_cmd(&[
             "run",
@@ -219,15 +449,17 @@ fn ctr_task_kill_sigterm_reaches_the_container() {
         "SIGTERM did not end the task",
     );
     assert_eq!(status.code(), Some(7), "the trap's exit status");
-    assert_eq!(out.recv().as_deref(), Ok("got-term"));
-    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        out.recv_timeout(Duration::from_secs(10)).as_deref(),
+        Ok("got-term")
+    );
     c.assert_clean();
 }
 
 #[test]
 fn ctr_run_t_gives_the_container_a_terminal() {
     require_supported_vmm!();
-    let c = Containerd::start("tty");
+    let c = Pods::shared(&["tty"]);
     // `ctr run -t` wants a terminal on its own stdin: give it a pty.
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two fds into the given ints; the name, termios
@@ -282,7 +514,7 @@ fn ctr_run_t_gives_the_container_a_terminal() {
 #[test]
 fn ctr_memory_limit_is_enforced_in_the_guest() {
     require_supported_vmm!();
-    let c = Containerd::start("mem");
+    let c = Pods::shared(&["nolimit", "small", "big"]);
     // dd holds one block of `bs` in memory. Without a limit 64 MiB fits the
     // pod's VM; under a 32 MiB limit it is OOM-killed, 8 MiB still fits.
     let dd = |bs: &str| {

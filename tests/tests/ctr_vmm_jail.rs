@@ -16,16 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Containerd;
-
-/// Kills and removes whatever a test left, also after a failed assertion.
-struct Cleanup<'a>(&'a Containerd);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        self.0.force_cleanup();
-    }
-}
+use common::{Containerd, Pods};
 
 /// Writes the trigger line to the guest's kernel log (level 2: printed
 /// on the console despite `quiet`); a privileged container has /dev/kmsg.
@@ -132,8 +123,7 @@ fn probe_as(uid: u32, ns_of: Option<i32>, probe: Probe) -> i32 {
 #[test]
 fn ctr_every_vmm_runs_jailed_filtered_and_apart() {
     require_supported_vmm!();
-    let c = Containerd::start("jail");
-    let _clean = Cleanup(&c);
+    let c = Pods::shared(&["jail-a", "jail-b"]);
     c.run_detached("jail-a");
     c.run_detached("jail-b");
     let (mon_a, vmm_a) = vmm_pids(&c, "jail-a");
@@ -207,31 +197,21 @@ fn ctr_every_vmm_runs_jailed_filtered_and_apart() {
         "a's uid may signal b's VMM"
     );
     for id in ["jail-a", "jail-b"] {
-        c.ctr(&["task", "kill", "-s", "KILL", id]);
+        let (rc, _, err) = c.ctr(&["task", "kill", "-s", "KILL", id]);
+        assert_eq!(rc, 0, "ctr task kill {id}: {err}");
     }
-    c.wait_stopped("after kill");
-    std::thread::sleep(Duration::from_millis(500));
     for id in ["jail-a", "jail-b"] {
+        c.wait_stopped(id, "after kill");
         c.remove(id);
     }
+    // Also the pods' uid claims (in run_dir/vmm-uids) are given back.
     c.assert_clean();
-    let claims = c.run_dir.join("vmm-uids");
-    let held: Vec<_> = std::fs::read_dir(&claims)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name() != ".lock")
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(held.is_empty(), "uid claims left: {held:?}");
 }
 
 #[test]
 fn ctr_a_vmm_killed_by_sigsys_ends_its_tasks_with_a_clear_error() {
     require_supported_vmm!();
-    let c = Containerd::start("sigsys");
-    let _clean = Cleanup(&c);
+    let c = Pods::shared(&["sigsys"]);
     let start = Instant::now();
     let script = format!("{TRIGGER}; sleep 60; echo still-running");
     let (rc, out, err) = c.run("sigsys", &["--privileged"], &["sh", "-c", &script]);
@@ -248,18 +228,15 @@ fn ctr_a_vmm_killed_by_sigsys_ends_its_tasks_with_a_clear_error() {
         "no clear error in the shim's log:\n{}",
         &log[log.len().saturating_sub(4000)..]
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !c.leftovers().is_empty() {
-        assert!(Instant::now() < deadline, "left: {:?}", c.leftovers());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    c.assert_clean();
 }
 
 #[test]
 fn ctr_audit_mode_finds_no_call_outside_the_lists_but_the_trigger() {
     require_supported_vmm!();
-    let c = Containerd::start_with("audit", "vmm_seccomp = \"audit\"\n");
-    let _clean = Cleanup(&c);
+    // A shim configuration of its own: a containerd of its own.
+    let own = Containerd::start_with("audit", "vmm_seccomp = \"audit\"\n");
+    let c = Pods::on(&own, &["audit"]);
     let vol = PathBuf::from(format!("/tmp/cocoon-e2e-audit-{}", std::process::id()));
     std::fs::create_dir_all(&vol).unwrap();
     std::fs::write(vol.join("in"), "from the host\n").unwrap();
@@ -289,8 +266,9 @@ fn ctr_audit_mode_finds_no_call_outside_the_lists_but_the_trigger() {
         "{out}"
     );
     assert_eq!(std::fs::read_to_string(vol.join("out")).unwrap(), "out\n");
-    c.ctr(&["task", "kill", "-s", "KILL", "audit"]);
-    c.wait_stopped("after kill");
+    let (rc, _, err) = c.ctr(&["task", "kill", "-s", "KILL", "audit"]);
+    assert_eq!(rc, 0, "ctr task kill audit: {err}");
+    c.wait_stopped("audit", "after kill");
     c.remove("audit");
     // The shim passes the VMM's audit lines on when it stops the pod.
     let log = c.log();

@@ -1,11 +1,22 @@
 //! Helpers shared by the `ctr` end-to-end tests (ctr_run.rs,
-//! ctr_host_boundary.rs): our own containerd (tests/ctr/containerd.sh), the
-//! busybox image built from busybox-static, `--runtime io.containerd.cocoon.v2`.
+//! ctr_host_boundary.rs, ctr_vmm_jail.rs): our own containerd
+//! (tests/ctr/containerd.sh), the busybox image built from busybox-static,
+//! `--runtime io.containerd.cocoon.v2`.
+//!
+//! One containerd per test binary (`shared()`), started on first use: the
+//! tests of a binary run one at a time (`--test-threads=1`), each with
+//! container ids of its own, and each checks what it left by those ids
+//! (`Pods`). Rust's test harness has no teardown after the last test and
+//! never drops statics, so the shared containerd is stopped by an `atexit`
+//! handler (libtest ends the process with `exit`, after passing and after
+//! failing tests alike); one that a killed test binary could not stop is
+//! stopped by the next binary's `shared()` (its owner's pid is gone).
 // Each test binary uses a different subset of these.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const IMAGE: &str = "cocoon.local/busybox:latest";
@@ -205,38 +216,38 @@ impl Containerd {
         assert_eq!(rc, 0, "ctr run -d {id}: {err}");
     }
 
-    /// Polls `ctr task ls` until a task is STOPPED (60 s at most).
-    pub fn wait_stopped(&self, why: &str) {
+    /// The STATUS column of `ctr task ls` for task `id` (None: no such task).
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let (rc, out, err) = self.ctr(&["task", "ls"]);
+        assert_eq!(rc, 0, "ctr task ls: {err}");
+        out.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id)).then(|| f.last().unwrap_or(&"").to_string())
+        })
+    }
+
+    /// Polls `ctr task ls` until task `id` is STOPPED (60 s at most).
+    pub fn wait_stopped(&self, id: &str, why: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.ctr(&["task", "ls"]).1.contains("STOPPED") {
-            assert!(Instant::now() < deadline, "no STOPPED task: {why}");
+        loop {
+            let st = self.task_status(id);
+            if st.as_deref() == Some("STOPPED") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} is not STOPPED ({st:?}) after 60 s: {why}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// `ctr task rm` and `ctr container rm`, both required to succeed.
     pub fn remove(&self, id: &str) {
-        assert_eq!(self.ctr(&["task", "rm", id]).0, 0, "ctr task rm {id}");
-        assert_eq!(
-            self.ctr(&["container", "rm", id]).0,
-            0,
-            "ctr container rm {id}"
-        );
-    }
-
-    /// Nothing of ours is left: pod dirs, mounts, helper processes.
-    pub fn assert_clean(&self) {
-        let pods: Vec<_> = std::fs::read_dir(&self.run_dir)
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(pods.is_empty(), "pod dirs left: {pods:?}");
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let run = self.run_dir.display().to_string();
-        assert!(!info.contains(&run), "mounts left under {run}");
-        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-        let ps = String::from_utf8_lossy(&ps.stdout);
-        let left: Vec<_> = ps.lines().filter(|l| l.contains(&run)).collect();
-        assert!(left.is_empty(), "processes left: {left:?}");
+        let (rc, _, err) = self.ctr(&["task", "rm", id]);
+        assert_eq!(rc, 0, "ctr task rm {id}: {err}");
+        let (rc, _, err) = self.ctr(&["container", "rm", id]);
+        assert_eq!(rc, 0, "ctr container rm {id}: {err}");
     }
 }
 
@@ -296,27 +307,74 @@ impl Containerd {
             .collect()
     }
 
-    /// What of ours is left, empty when clean: pod dirs under the run dir,
-    /// mounts at or below it, processes naming it (VMM, virtiofsd).
-    pub fn leftovers(&self) -> Vec<String> {
+    /// What is left of pod (or container) `id`, empty when clean: its pod
+    /// dir, mounts at or below it, processes naming it (VMM, virtiofsd), a
+    /// shim serving it, a VMM uid claimed for it, and the container itself
+    /// in containerd.
+    pub fn leftovers_of(&self, id: &str) -> Vec<String> {
         let mut left = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&self.run_dir) {
-            for e in rd.flatten() {
-                left.push(format!("pod dir {}", e.path().display()));
-            }
+        let pod = self.run_dir.join(id);
+        if pod.exists() {
+            left.push(format!("pod dir {}", pod.display()));
         }
         for m in mount_points() {
-            if m.starts_with(&self.run_dir) {
+            if m.starts_with(&pod) {
                 left.push(format!("mount {}", m.display()));
             }
         }
-        let run = self.run_dir.display().to_string();
+        let p = pod.display().to_string();
         for (pid, args) in processes() {
-            if pid as u32 != std::process::id() && args.iter().any(|a| a.contains(&run)) {
+            if pid as u32 != std::process::id() && args.iter().any(|a| names_path(a, &p)) {
                 left.push(format!("process {pid}: {}", args.join(" ")));
             }
         }
+        for pid in self.shim_pids(id) {
+            left.push(format!("shim {pid} serving {id}"));
+        }
+        if let Ok(rd) = std::fs::read_dir(self.run_dir.join("vmm-uids")) {
+            for e in rd.flatten() {
+                if std::fs::read_link(e.path()).is_ok_and(|t| t == pod) {
+                    left.push(format!("VMM uid claim {}", e.path().display()));
+                }
+            }
+        }
+        let (rc, ls) = self.ctr_quiet(&["container", "ls", "-q"]);
+        if rc != 0 {
+            left.push(format!("ctr container ls failed ({rc})"));
+        } else if ls.split_whitespace().any(|c| c == id) {
+            left.push(format!("container {id} in containerd"));
+        }
         left
+    }
+
+    /// Best effort, bounded, never panics: SIGKILLs and removes task and
+    /// container `id`, kills the processes that name its pod dir and the
+    /// shim serving it, unmounts what is left below the pod dir, and removes
+    /// it when nothing is mounted there any more.
+    pub fn force_cleanup_of(&self, id: &str) {
+        self.ctr_quiet(&["task", "rm", "-f", id]);
+        self.ctr_quiet(&["container", "rm", id]);
+        let pod = self.run_dir.join(id);
+        let p = pod.display().to_string();
+        let shims = self.shim_pids(id);
+        for (pid, args) in processes() {
+            let ours = args.iter().any(|a| names_path(a, &p)) || shims.contains(&pid);
+            if ours && pid as u32 != std::process::id() {
+                // SAFETY: kill(2) on a pid read from /proc; no memory involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let mut below: Vec<PathBuf> = mount_points()
+            .into_iter()
+            .filter(|m| m.starts_with(&pod))
+            .collect();
+        below.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in &below {
+            umount_detach(m);
+        }
+        if !mount_points().iter().any(|m| m.starts_with(&pod)) {
+            let _ = std::fs::remove_dir_all(&pod);
+        }
     }
 
     /// Best effort, bounded, never panics: SIGKILLs and removes every task
@@ -354,6 +412,170 @@ impl Containerd {
         if !mount_points().iter().any(|m| m.starts_with(&self.run_dir)) {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
+    }
+}
+
+/// True when `arg` names `path` or something below it: `path` followed by
+/// the end, `/`, or a character that cannot continue a file name component
+/// here (`,`, `:`, `=`, space) — so `/run/x/seq1` is not found in
+/// `/run/x/seq10`.
+fn names_path(arg: &str, path: &str) -> bool {
+    arg.match_indices(path).any(|(i, _)| {
+        matches!(
+            arg[i + path.len()..].chars().next(),
+            None | Some('/' | ',' | ':' | '=' | ' ')
+        )
+    })
+}
+
+static SHARED: OnceLock<Containerd> = OnceLock::new();
+
+/// The test binary's containerd (default shim configuration), started on
+/// first use and stopped when the binary exits.
+pub fn shared() -> &'static Containerd {
+    SHARED.get_or_init(|| {
+        stop_stale();
+        let c = Containerd::start("shared");
+        // SAFETY: registers a plain `extern "C" fn()` that never unwinds.
+        let rc = unsafe { libc::atexit(stop_shared) };
+        assert_eq!(rc, 0, "atexit");
+        c
+    })
+}
+
+extern "C" fn stop_shared() {
+    if let Some(c) = SHARED.get() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.force_cleanup();
+            let _ = c.script("stop");
+            let _ = std::fs::remove_dir(&c.run_dir);
+        }));
+    }
+}
+
+/// Stops what an earlier test binary that died without its `atexit` (a
+/// SIGKILL, a timeout) left: containerds in `/tmp/cocoon-e2e-ctr-PID-TAG`
+/// whose PID is gone, their pods and shims.
+fn stop_stale() {
+    let Ok(rd) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("cocoon-e2e-ctr-") else {
+            continue;
+        };
+        let Some((pid, tag)) = rest.split_once('-') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        eprintln!("stopping the containerd a dead test binary left in {name}");
+        let c = Containerd {
+            dir: e.path(),
+            run_dir: PathBuf::from(format!("/run/cocoon-e2e-{pid}-{tag}")),
+            env: Vec::new(),
+        };
+        c.force_cleanup();
+        // Dropping it stops containerd and removes its dirs.
+    }
+}
+
+/// One test's share of a containerd: the container ids (each its own pod,
+/// or a pod's members) that it owns. `assert_clean` checks those only;
+/// dropping it (after a failed assertion too) removes them, so that a
+/// failed test leaves nothing to the next one.
+pub struct Pods<'a> {
+    c: &'a Containerd,
+    ids: Vec<String>,
+    log_from: usize,
+}
+
+impl Pods<'static> {
+    /// Ids `ids` of the binary's shared containerd.
+    pub fn shared(ids: &[&str]) -> Pods<'static> {
+        Pods::on(shared(), ids)
+    }
+}
+
+impl<'a> Pods<'a> {
+    /// Ids `ids` of containerd `c`; none of them may exist yet.
+    pub fn on(c: &'a Containerd, ids: &[&str]) -> Pods<'a> {
+        let (rc, ls, err) = c.ctr(&["container", "ls", "-q"]);
+        assert_eq!(rc, 0, "ctr container ls: {err}");
+        for id in ids {
+            assert!(
+                !ls.split_whitespace().any(|c| c == *id) && !c.run_dir.join(id).exists(),
+                "container id {id} is in use already (ids must differ between tests)"
+            );
+        }
+        Pods {
+            c,
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            log_from: c.log().len(),
+        }
+    }
+
+    /// What is left of this test's containers and pods, empty when clean.
+    pub fn leftovers(&self) -> Vec<String> {
+        self.ids
+            .iter()
+            .flat_map(|id| self.c.leftovers_of(id))
+            .collect()
+    }
+
+    /// Polls until nothing of this test's containers and pods is left
+    /// (pod dirs, mounts, VMMs and virtiofsds, shims, uid claims, the
+    /// containers in containerd); fails after `limit` with what is.
+    pub fn assert_clean_within(&self, limit: Duration, why: &str) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{why}: still there after {limit:?}:\n  {}",
+                left.join("\n  ")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `assert_clean_within` 30 s (a pod's teardown ends a VM).
+    pub fn assert_clean(&self) {
+        self.assert_clean_within(Duration::from_secs(30), "left behind")
+    }
+
+    /// containerd's log (with the shims') since this test began.
+    pub fn log(&self) -> String {
+        let log = self.c.log();
+        log.get(self.log_from..).unwrap_or(&log).to_string()
+    }
+
+    /// Removes this test's containers and pods (best effort, never panics).
+    pub fn cleanup(&self) {
+        for id in &self.ids {
+            self.c.force_cleanup_of(id);
+        }
+    }
+}
+
+impl std::ops::Deref for Pods<'_> {
+    type Target = Containerd;
+    fn deref(&self) -> &Containerd {
+        self.c
+    }
+}
+
+impl Drop for Pods<'_> {
+    fn drop(&mut self) {
+        self.cleanup();
     }
 }
 
