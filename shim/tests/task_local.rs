@@ -760,6 +760,18 @@ impl Drop for Frozen {
     }
 }
 
+/// The agent-call deadline of the stuck-agent tests: short, so that they
+/// wait it out, but on the VM backend long enough that a healthy agent's
+/// CreateContainer answers within it under nested emulation on a loaded
+/// machine (3 s was seen to run out there).
+fn stuck_call_deadline() -> Duration {
+    if vm_backend() {
+        Duration::from_secs(15)
+    } else {
+        Duration::from_secs(3)
+    }
+}
+
 /// Two pods of one `sleep` container each: `calm` created, `stuck`
 /// started and then frozen with SIGSTOP.
 async fn calm_and_frozen_pods(h: &Harness, calm: &str, stuck: &str) -> Frozen {
@@ -809,7 +821,7 @@ async fn probe_while_pending(
 /// pod's State must not wait behind the stuck one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
-    let call = Duration::from_secs(3);
+    let call = stuck_call_deadline();
     let h = Harness::start_with_call_timeout(call).await;
     let frozen = calm_and_frozen_pods(&h, "bystander", "stuck").await;
     let pid = frozen.0.clone();
@@ -824,7 +836,7 @@ async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
         (r, started.elapsed())
     };
     let (kill, probes) = tokio::join!(kill, probe_while_pending(&h, "bystander", &done, call));
-    // The Kill waits out the call deadline (3 s): a probe every 200 ms.
+    // The Kill waits out the call deadline: a probe every 200 ms.
     assert!(
         probes >= 5,
         "only {probes} State probes while Kill was pending"
@@ -874,7 +886,7 @@ async fn an_agent_that_never_answers_cannot_wedge_kill_delete_or_other_pods() {
 /// answers at once, and the Create fails within the deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_create_stuck_on_its_agent_does_not_block_other_pods() {
-    let call = Duration::from_secs(3);
+    let call = stuck_call_deadline();
     let h = Harness::start_with_call_timeout(call).await;
     let frozen = calm_and_frozen_pods(&h, "calm", "frozen").await;
     let joiner = h.bundle("frozen-2", &["true"], |s| {
