@@ -1,45 +1,44 @@
 #!/usr/bin/env python3
-"""Boot-time and memory bench: cocoon-vmm vs QEMU microvm on the same KVM.
+"""Boot-time and memory bench: cocoon-vmm vs QEMU microvm vs Firecracker on the same KVM.
 
-Each VMM boots the same vmlinux and initrd with the same vCPUs and memory.
-Boot time is measured from starting the VMM process to the init's banner on
-its serial console; RSS is read from /proc/<pid>/status one second after the
+Each VMM boots the same vmlinux and initrd with the same vCPUs, memory and
+kernel command line (cocoon-vmm's built-in base plus the same extras; the
+VMMs add only their own device declarations). Boot time is measured from
+starting the VMM process to the init's banner on its serial console; the
+PSS (and RSS) of the VMM's process tree is read one second after the
 banner, while the init holds the guest up (cocoon.hold=). Runs alternate
-between the VMMs so that machine noise hits both alike. Prints a table.
+between the VMMs, a different one first each run, so that machine noise hits
+all alike; the first run of each is a warm-up, not counted (whoever ran
+first would otherwise pay for reading the kernel, initrd and its own binary
+from disk). Prints a table; exits 1 when a present peer or cocoon-vmm failed
+a run.
 """
 import argparse
 import os
 import select
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
 BANNER = b"cocoon-init: booted"
-BASE_CMDLINE = "console=ttyS0 reboot=k panic=-1 nomodule 8250.nr_uarts=1 quiet cocoon.hold=3"
+EXTRA = "quiet cocoon.hold=3"
 
 
-def rss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def one_run(cmd, deadline, memory=rss_kib):
-    """(seconds to the banner or None, memory(pid) in KiB one second later)."""
+def one_run_detail(cmd, deadline, memory=common.tree_memory):
+    """(seconds to the banner or None, memory(pid) one second later, why it failed or None)."""
     start = time.monotonic()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, start_new_session=True)
     buf = b""
     booted = None
-    rss = None
+    mem = None
+    why = None
     try:
         while time.monotonic() - start < deadline:
             r, _, _ = select.select([p.stdout], [], [], 0.05)
@@ -51,10 +50,19 @@ def one_run(cmd, deadline, memory=rss_kib):
                 if booted is None and BANNER in buf:
                     booted = time.monotonic() - start
                     time.sleep(1.0)
-                    rss = memory(p.pid)
+                    mem = memory(p.pid)
                     break
             elif p.poll() is not None:
                 break
+        if booted is None:
+            try:  # after EOF the VMM is exiting: wait a moment for its code
+                rc = p.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                rc = None
+            why = (f"no banner within {deadline} s" if rc is None
+                   else f"exited with code {rc} before the banner")
+        elif mem is None:
+            why = f"the VMM was gone one second after the banner (exit {p.poll()})"
     finally:
         try:
             os.killpg(p.pid, signal.SIGKILL)
@@ -63,8 +71,17 @@ def one_run(cmd, deadline, memory=rss_kib):
         p.wait()
     if booted is None:
         tail = buf[-600:].decode(errors="replace")
-        print(f"bench: {cmd[0]} did not reach the banner; its output ended with:\n{tail}", file=sys.stderr)
-    return booted, rss
+        last = tail.strip().splitlines()[-1] if tail.strip() else "(no output)"
+        why += f"; last output: {last[:160]}"
+        print(f"bench: {cmd[0]} did not reach the banner; its output ended with:\n{tail}",
+              file=sys.stderr)
+    return booted, mem, why
+
+
+def one_run(cmd, deadline, memory=common.tree_memory):
+    """(seconds to the banner or None, memory(pid) one second later)."""
+    booted, mem, _ = one_run_detail(cmd, deadline, memory)
+    return booted, mem
 
 
 def main():
@@ -73,53 +90,86 @@ def main():
     ap.add_argument("--kernel", required=True)
     ap.add_argument("--initrd", required=True)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1, help="uncounted runs of each first")
     ap.add_argument("--vcpus", type=int, default=1)
     ap.add_argument("--memory", type=int, default=128, help="MiB")
+    ap.add_argument("--deadline", type=int, default=120, help="seconds to the banner")
     ap.add_argument("--qemu", default=shutil.which("qemu-system-x86_64"))
+    ap.add_argument("--firecracker", default=common.firecracker_default(),
+                    help="default: $COCOON_BENCH_FIRECRACKER or ../shared/peers/firecracker")
     args = ap.parse_args()
-    if not args.qemu:
-        sys.exit("bench: qemu-system-x86_64 not found: run 'make deps'")
+    cmdline = f"{common.BASE_CMDLINE} {EXTRA}"
+    work = tempfile.mkdtemp(prefix="cocoon-boot-bench-")
 
     cocoon = [args.vmm, "--kernel", args.kernel, "--initrd", args.initrd,
-              "--vcpus", str(args.vcpus), "--memory", str(args.memory),
-              "--cmdline", "quiet cocoon.hold=3"]
-    qemu = [args.qemu, "-M", "microvm,x-option-roms=off,rtc=off", "-accel", "kvm", "-cpu", "host",
-            "-smp", str(args.vcpus), "-m", str(args.memory), "-nodefaults", "-no-user-config",
-            "-display", "none", "-serial", "stdio", "-no-reboot",
-            "-kernel", args.kernel, "-initrd", args.initrd, "-append", BASE_CMDLINE]
+              "--vcpus", str(args.vcpus), "--memory", str(args.memory), "--cmdline", EXTRA]
+    peers = [("cocoon-vmm", lambda i: cocoon)]
+    skipped = []
+    why = common.missing(args.qemu, "qemu-system-x86_64")
+    if why:
+        skipped.append(why)
+    else:
+        qemu = [args.qemu, "-M", "microvm,x-option-roms=off,rtc=off", "-accel", "kvm",
+                "-cpu", "host", "-smp", str(args.vcpus), "-m", str(args.memory), "-nodefaults",
+                "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+                "-kernel", args.kernel, "-initrd", args.initrd, "-append", cmdline]
+        peers.append(("qemu microvm", lambda i: qemu))
+    why = common.missing(args.firecracker, "firecracker")
+    if why:
+        skipped.append(why)
+    else:
+        def firecracker(i):
+            return common.firecracker_cmd(args.firecracker, work, f"boot-{i}", args.kernel,
+                                          args.initrd, cmdline, args.vcpus, args.memory)
+        peers.append(("firecracker", firecracker))
+    for s in skipped:
+        print(f"bench: {s}", file=sys.stderr)
 
-    results = {"cocoon-vmm": [], "qemu microvm": []}
-    for i in range(args.runs):
-        for name, cmd in (("cocoon-vmm", cocoon), ("qemu microvm", qemu)):
-            t, rss = one_run(cmd, 120)
-            results[name].append((t, rss))
-            shown = f"{t:.3f}s" if t is not None else "failed"
-            rss_s = f"{rss / 1024:.1f} MiB" if rss else "?"
-            print(f"bench: run {i + 1}/{args.runs} {name:13s} banner {shown:>8s}  rss {rss_s}", flush=True)
+    results = {name: [] for name, _ in peers}
+    failures = common.Failures()
+    try:
+        for i in range(-args.warmup, args.runs):
+            run = f"{i + 1}" if i >= 0 else f"warm-up {i + args.warmup + 1}"
+            for name, make in common.rotate(peers, i):
+                cmd = make(i + args.warmup)
+                t, mem, why = one_run_detail(cmd, args.deadline)
+                if why:
+                    if name == "firecracker":
+                        why += f"; its log: {common.firecracker_log_tail(cmd)}"
+                    failures.add(name, run, why)
+                    continue
+                if i >= 0:
+                    results[name].append((t, mem["pss"], mem["rss"], mem["procs"]))
+                print(f"bench: run {run}/{args.runs} {name:13s} banner {t:.3f}s  "
+                      f"pss {mem['pss'] / 1024:.1f} MiB  rss {mem['rss'] / 1024:.1f} MiB "
+                      f"({mem['procs']} process(es))", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-    def med(name, idx):
-        vals = [r[idx] for r in results[name] if r[idx] is not None]
-        return statistics.median(vals) if vals else None
-
-    ct, qt = med("cocoon-vmm", 0), med("qemu microvm", 0)
-    cr, qr = med("cocoon-vmm", 1), med("qemu microvm", 1)
-
-    def fmt(v, scale=1.0, unit=""):
-        return f"{v / scale:.3f}{unit}" if v is not None else "n/a"
-
-    def ratio(a, b):
-        return f"{a / b:.2f}" if a is not None and b else "n/a"
-
+    names = [n for n, _ in peers]
+    m = {n: [common.med(r[k] for r in results[n]) for k in range(3)] for n in names}
+    others = names[1:]
     print()
-    print(f"boot bench: {args.runs} runs each, {args.vcpus} vCPU, {args.memory} MiB, same vmlinux + initrd")
-    print(f"| metric                         | cocoon-vmm | qemu microvm | ratio (cocoon/qemu) |")
-    print(f"|--------------------------------|------------|--------------|---------------------|")
-    print(f"| VMM start to banner, median (s)| {fmt(ct):>10s} | {fmt(qt):>12s} | {ratio(ct, qt):>19s} |")
-    print(f"| VMM RSS with guest up (MiB)    | {fmt(cr, 1024):>10s} | {fmt(qr, 1024):>12s} | {ratio(cr, qr):>19s} |")
-    failed = [n for n, rs in results.items() if any(r[0] is None for r in rs)]
-    if failed:
-        print(f"bench: some runs failed: {', '.join(failed)}", file=sys.stderr)
-        sys.exit(1)
+    print(f"boot bench: {args.runs} runs each after {args.warmup} warm-up, alternating, {args.vcpus} vCPU, {args.memory} MiB, "
+          f"same vmlinux + initrd + command line; medians with their number of runs (n)")
+    head = ["metric"] + names + [f"ratio (cocoon/{o.split()[0]})" for o in others]
+    print(common.row(head))
+    print(common.rule(len(head)))
+    rows = (("VMM start to banner, median (s)", 0, "{:.3f}", 1.0),
+            ("VMM PSS with guest up, median (MiB)", 1, "{:.1f}", 1024.0),
+            ("VMM RSS with guest up, median (MiB)", 2, "{:.1f}", 1024.0))
+    for label, k, fmt, scale in rows:
+        print(common.row([label] + [common.cell(m[n][k], fmt, scale) for n in names]
+                         + [common.ratio(m["cocoon-vmm"][k], m[o][k]) for o in others]))
+    print()
+    print("- PSS and RSS: summed over the VMM's process tree (/proc/PID/smaps_rollup Pss, "
+          "/proc/PID/status VmRSS), one second after the banner")
+    if "qemu microvm" in names:
+        print("- qemu microvm: no -sandbox (no seccomp filter); cocoon-vmm: its per-thread "
+              "seccomp filters (--seccomp enforce, the default), not jailed")
+    if "firecracker" in names:
+        print(f"- {common.FIRECRACKER_NOTE}")
+    failures.report_and_exit(skipped)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,16 @@ exit. One warm-up run each is not counted. Then it starts one `sleep`
 container per runtime and sums the PSS (/proc/PID/smaps_rollup) of what the
 pod costs the host: for cocoon the shim, cocoon-vmm and virtiofsd (all
 processes of the shim's tree); for runc the shim and the container's
-processes. Prints a markdown table with medians and the cocoon/runc ratios.
+processes. Prints a markdown table with medians (and their number of runs)
+and the cocoon/runc ratios; a failed run is listed under the table and makes
+the bench exit 1.
 
 For cocoon the shim's log splits a run into its phases (VM boot to agent
 ready, container create, start to exit), so the table also says what
 dominates the latency.
 """
 import argparse
+import math
 import os
 import re
 import select
@@ -25,8 +28,15 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
 IMAGE = "cocoon.local/busybox:latest"
 RUNTIMES = {"cocoon": "io.containerd.cocoon.v2", "runc": "io.containerd.runc.v2"}
+
+
+class RunFailed(Exception):
+    """One run went wrong; the bench notes it and goes on."""
 
 
 class Containerd:
@@ -74,44 +84,18 @@ def timed_run(cd, runtime, cid):
             out += chunk
         if time.monotonic() - start > 300:
             p.kill()
-            raise SystemExit(f"bench: {runtime} run {cid} took over 300 s")
+            p.wait()
+            raise RunFailed(f"ctr run took over 300 s (output so far {out!r})")
     err = p.stderr.read().decode(errors="replace")
     rc = p.wait()
     total = time.monotonic() - start
     if rc != 0 or out != b"hello from a container\n":
-        raise SystemExit(f"bench: {runtime} run {cid}: exit {rc}, output {out!r}, {err.strip()}")
+        raise RunFailed(f"ctr exit {rc}, output {out!r}, {err.strip()[-300:]}")
     return first, total, wall, wall + total
 
 
-def children(pid):
-    """Every descendant of pid (through /proc/*/stat ppid)."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                parent[int(d)] = int(fields[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out += kids
-        todo += kids
-    return out
-
-
-def pss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+children = common.children  # jail.py uses these two through ctr
+pss_kib = common.pss_kib
 
 
 def comm(pid):
@@ -126,20 +110,29 @@ def shim_pid(runtime_bin, cid):
     out = subprocess.run(["pgrep", "-f", f"{runtime_bin} -namespace cocoon -id {cid}"],
                          capture_output=True, text=True).stdout.split()
     if not out:
-        raise SystemExit(f"bench: no {runtime_bin} for {cid}")
+        raise RunFailed(f"no {runtime_bin} process for {cid}")
     return int(out[0])
 
 
 def pod_memory(cd, name, runtime):
     """PSS in KiB of the shim's process tree running one sleep container."""
     cid = f"pss-{name}"
-    cd.ctr("run", "-d", "--runtime", runtime, IMAGE, cid, "sleep", "1000")
+    r = cd.ctr("run", "-d", "--runtime", runtime, IMAGE, cid, "sleep", "1000", check=False)
+    if r.returncode != 0:
+        raise RunFailed(f"ctr run -d: exit {r.returncode}, {r.stderr.strip()[-300:]}")
     time.sleep(3.0)  # let the guest settle after boot
-    shim = shim_pid(f"containerd-shim-{name}-v2", cid)
-    pids = [shim] + children(shim)
     parts = {}
-    for p in pids:
-        parts[comm(p)] = parts.get(comm(p), 0) + pss_kib(p)
+    try:
+        shim = shim_pid(f"containerd-shim-{name}-v2", cid)
+        pids = [shim] + children(shim)
+        for p in pids:
+            parts[comm(p)] = parts.get(comm(p), 0) + pss_kib(p)
+    finally:
+        cleanup_container(cd, cid)
+    return sum(parts.values()), parts
+
+
+def cleanup_container(cd, cid):
     cd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
     for _ in range(600):
         if "STOPPED" in cd.ctr("task", "ls").stdout or cid not in cd.ctr("task", "ls").stdout:
@@ -147,7 +140,6 @@ def pod_memory(cd, name, runtime):
         time.sleep(0.1)
     cd.ctr("task", "rm", cid, check=False)
     cd.ctr("container", "rm", cid, check=False)
-    return sum(parts.values()), parts
 
 
 # The shim's log lines (in containerd's log) that bound each phase of a
@@ -202,46 +194,73 @@ def main():
         f.write(f'kernel = "{a.kernel}"\ninitrd = "{a.initrd}"\nvmm = "{a.vmm}"\n'
                 f'run_dir = "/run/cocoon-bench-{os.getpid()}"\n')
     cd = Containerd(repo, cfg)
+    failures = common.Failures()
     try:
         times = {n: [] for n in RUNTIMES}
         walls = []
         for i in range(a.runs + 1):
             for name, rt in RUNTIMES.items():
-                first, total, w0, w1 = timed_run(cd, rt, f"{name}-{i}")
+                cid = f"{name}-{i}"
+                try:
+                    first, total, w0, w1 = timed_run(cd, rt, cid)
+                except RunFailed as e:
+                    failures.add(name, f"{i}{' (warm-up)' if i == 0 else ''}", e)
+                    cleanup_container(cd, cid)
+                    continue
                 if i > 0:  # the first run of each is a warm-up
                     times[name].append((first, total))
                     if name == "cocoon":
-                        walls.append((f"{name}-{i}", w0, w1))
-            print(f"bench: ctr run {i}/{a.runs}: cocoon {times['cocoon'][-1][1] if i else total:.2f} s",
-                  file=sys.stderr, flush=True)
-        mem = {name: pod_memory(cd, name, rt) for name, rt in RUNTIMES.items()}
+                        walls.append((cid, w0, w1))
+                print(f"bench: ctr run {i}/{a.runs}: {name} {total:.2f} s", file=sys.stderr,
+                      flush=True)
+        mem = {}
+        for name, rt in RUNTIMES.items():
+            try:
+                mem[name] = pod_memory(cd, name, rt)
+            except RunFailed as e:
+                failures.add(name, "pod PSS", e)
+                mem[name] = (None, {})
         with open(f"{cd.cd_dir}/containerd.log", errors="replace") as f:
             log_lines = f.readlines()
     finally:
         cd.stop()
         os.unlink(cfg)
 
-    med = {n: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v))
-           for n, v in times.items()}
-    p95 = {n: sorted(t[1] for t in v)[max(0, int(len(v) * 0.95) - 1)] for n, v in times.items()}
+    def p95(xs):
+        """Nearest-rank 95th percentile: the smallest value >= 95% of the runs."""
+        xs = sorted(xs)
+        return xs[math.ceil(0.95 * len(xs)) - 1] if xs else None
+
+    first = {n: common.med(t[0] for t in v) for n, v in times.items()}
+    exit_ = {n: common.med(t[1] for t in v) for n, v in times.items()}
+    pss = {n: (mem[n][0], 1 if mem[n][0] is not None else 0) for n in RUNTIMES}
     print()
-    print(f"`ctr run --rm ... echo` ({a.runs} runs each, alternating, median; "
-          f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f})")
+    print(f"`ctr run --rm ... echo` ({a.runs} runs each after a warm-up, alternating; medians "
+          f"with their number of runs (n); {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f})")
     print()
-    print("| runtime | first output (s) | ctr exit (s) | ctr exit p95 (s) | pod PSS (MiB) |")
+    print("| runtime | first output, median (s) | ctr exit, median (s) | ctr exit p95 (s) "
+          "| pod PSS (MiB) |")
     print("|---|---|---|---|---|")
     for n in RUNTIMES:
-        print(f"| {n} | {med[n][0]:.3f} | {med[n][1]:.3f} | {p95[n]:.3f} | {mem[n][0] / 1024:.1f} |")
-    print(f"| cocoon/runc | {med['cocoon'][0] / med['runc'][0]:.2f} | "
-          f"{med['cocoon'][1] / med['runc'][1]:.2f} | | {mem['cocoon'][0] / max(1, mem['runc'][0]):.2f} |")
+        q = p95(t[1] for t in times[n])
+        q_s = f"{q:.3f} (n={len(times[n])})" if q is not None else "failed (n=0)"
+        print(f"| {n} | {common.cell(first[n])} | {common.cell(exit_[n])} | {q_s} | "
+              f"{common.cell(pss[n], '{:.1f}', 1024.0)} |")
+    print(f"| cocoon/runc | {common.ratio(first['cocoon'], first['runc'])} | "
+          f"{common.ratio(exit_['cocoon'], exit_['runc'])} | | "
+          f"{common.ratio(pss['cocoon'], pss['runc'])} |")
+    print()
+    print("- p95: nearest rank (the smallest time that at least 95% of the runs did not exceed; with fewer "
+          "than 20 runs that is the slowest run)")
+    print("- pod PSS: one `sleep` pod per runtime, measured once (n=1)")
     split = [p for p in (phases(log_lines, cid, w0, w1) for cid, w0, w1 in walls) if p]
-    if split:
+    if split and exit_["cocoon"][0]:
         print()
         print(f"Where a cocoon `ctr run --rm` goes (median of {len(split)} runs, from the shim's log):")
         print()
         print("| phase | s | share |")
         print("|---|---|---|")
-        total = med["cocoon"][1]
+        total = exit_["cocoon"][0]
         for k, (name, _) in enumerate(split[0]):
             m = statistics.median(p[k][1] for p in split)
             print(f"| {name} | {m:.3f} | {100 * m / total:.0f}% |")
@@ -251,7 +270,7 @@ def main():
     print("Pod PSS by process (MiB): " + "; ".join(
         f"{n}: " + ", ".join(f"{k} {v / 1024:.1f}" for k, v in sorted(mem[n][1].items()))
         for n in RUNTIMES))
-
+    failures.report_and_exit()
 
 if __name__ == "__main__":
     main()

@@ -10,36 +10,35 @@
    (a second config file, chosen per run with --runtime-config-path).
 
 Runs alternate between on and off so machine noise hits both alike; the
-first run of each is a warm-up. Prints a table with medians and ratios.
+first run of each is a warm-up. Prints a table with medians (and their
+number of runs) and ratios; a failed run is listed under the table and makes
+the bench exit 1.
 """
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import boot  # noqa: E402  (one_run of the boot bench)
+import boot  # noqa: E402  (one_run_detail of the boot bench)
+import common  # noqa: E402
 import ctr  # noqa: E402  (the Containerd helper of the ctr bench)
 
 JAIL_UID = 3_999_999_000
 
 
-def tree(pid):
-    return [pid] + ctr.children(pid)
-
-
 def boot_once(cmd, jail_dir):
+    """(seconds to the banner, PSS KiB of the tree) or raise ctr.RunFailed."""
     if jail_dir:
         shutil.rmtree(jail_dir, ignore_errors=True)
         os.makedirs(jail_dir, mode=0o700)
         os.chown(jail_dir, JAIL_UID, JAIL_UID)
     # PSS of the whole tree: jailed, the VMM is the monitor's child.
-    booted, pss = boot.one_run(cmd, 120, memory=lambda pid: sum(ctr.pss_kib(q) for q in tree(pid)))
-    if booted is None:
-        sys.exit(f"bench: {' '.join(cmd[:3])}... did not reach the banner")
-    return booted, pss
+    booted, mem, why = boot.one_run_detail(cmd, 120)
+    if why:
+        raise ctr.RunFailed(why)
+    return booted, mem["pss"]
 
 
 def ctr_once(cd, cfg, cid):
@@ -48,7 +47,8 @@ def ctr_once(cd, cfg, cid):
                ctr.IMAGE, cid, "echo", "hello", check=False)
     t = time.monotonic() - start
     if r.returncode != 0 or r.stdout != "hello\n":
-        sys.exit(f"bench: ctr run {cid}: exit {r.returncode}, {r.stdout!r} {r.stderr.strip()}")
+        ctr.cleanup_container(cd, cid)
+        raise ctr.RunFailed(f"ctr exit {r.returncode}, {r.stdout!r} {r.stderr.strip()[-300:]}")
     return t
 
 
@@ -72,10 +72,15 @@ def main():
         "off": (base + ["--seccomp", "off"], None),
     }
     boots = {k: [] for k in variants}
+    failures = common.Failures()
     try:
         for i in range(a.runs + 1):
             for name, (cmd, jd) in variants.items():
-                t, pss = boot_once(cmd, jd)
+                try:
+                    t, pss = boot_once(cmd, jd)
+                except ctr.RunFailed as e:
+                    failures.add(f"boot, {name}", f"{i}{' (warm-up)' if i == 0 else ''}", e)
+                    continue
                 if i > 0:
                     boots[name].append((t, pss))
             print(f"bench: jail boot {i}/{a.runs}", file=sys.stderr, flush=True)
@@ -91,7 +96,11 @@ def main():
         try:
             for i in range(a.runs + 1):
                 for name, cfg in cfgs.items():
-                    t = ctr_once(cd, cfg, f"jail-{name}-{i}")
+                    try:
+                        t = ctr_once(cd, cfg, f"jail-{name}-{i}")
+                    except ctr.RunFailed as e:
+                        failures.add(f"ctr run, {name}", f"{i}{' (warm-up)' if i == 0 else ''}", e)
+                        continue
                     if i > 0:
                         runs[name].append(t)
                 print(f"bench: jail ctr run {i}/{a.runs}", file=sys.stderr, flush=True)
@@ -100,29 +109,36 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    def med(xs):
-        return statistics.median(xs)
-
-    b_on, b_off = med(t for t, _ in boots["on"]), med(t for t, _ in boots["off"])
-    m_on, m_off = med(p for _, p in boots["on"]), med(p for _, p in boots["off"])
-    c_on, c_off = med(runs["on"]), med(runs["off"])
+    bt = {k: [t for t, _ in v] for k, v in boots.items()}
+    bm = {k: [p for _, p in v] for k, v in boots.items()}
     print()
-    print(f"VMM jail + seccomp filters, on vs off ({a.runs} runs each, alternating, median; "
+    print(f"VMM jail + seccomp filters, on vs off ({a.runs} runs each after a warm-up, "
+          f"alternating; medians with their number of runs (n); "
           f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f})")
     print()
-    def spread(xs):
-        return f"{min(xs):.2f}–{max(xs):.2f}"
 
-    bt = {k: [t for t, _ in v] for k, v in boots.items()}
+    def spread(xs):
+        return f"{min(xs):.2f}–{max(xs):.2f}" if xs else "n/a"
+
+    def row(label, on, off, fmt="{:.3f}", scale=1.0, unit="", spreads=True):
+        m_on, m_off = common.med(on), common.med(off)
+        if m_on[0] is not None and m_off[0]:
+            r = f"{m_on[0] / m_off[0]:.3f}"
+            cost = (f"{(m_on[0] - m_off[0]) / scale:+.1f}{unit}" if unit
+                    else f"{100 * (m_on[0] / m_off[0] - 1):+.1f}%")
+        else:
+            r = cost = "n/a"
+        tail = f" {spread(on)} | {spread(off)} |" if spreads else " | |"
+        print(f"| {label} | {common.cell(m_on, fmt, scale)} | {common.cell(m_off, fmt, scale)} | "
+              f"{r} | {cost} |{tail}")
+
     print("| metric | on | off | on/off | cost | on: min–max | off: min–max |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| VMM start to banner (s) | {b_on:.3f} | {b_off:.3f} | {b_on / b_off:.3f} | "
-          f"{100 * (b_on / b_off - 1):+.1f}% | {spread(bt['on'])} | {spread(bt['off'])} |")
-    print(f"| `ctr run --rm` (s) | {c_on:.3f} | {c_off:.3f} | {c_on / c_off:.3f} | "
-          f"{100 * (c_on / c_off - 1):+.1f}% | {spread(runs['on'])} | {spread(runs['off'])} |")
-    print(f"| VMM PSS, monitor + VMM (MiB) | {m_on / 1024:.1f} | {m_off / 1024:.1f} | "
-          f"{m_on / m_off:.3f} | {(m_on - m_off) / 1024:+.1f} MiB | | |")
-
+    row("VMM start to banner (s)", bt["on"], bt["off"])
+    row("`ctr run --rm` (s)", runs["on"], runs["off"])
+    row("VMM PSS, monitor + VMM (MiB)", bm["on"], bm["off"], "{:.1f}", 1024.0, " MiB",
+        spreads=False)
+    failures.report_and_exit()
 
 if __name__ == "__main__":
     main()

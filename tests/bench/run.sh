@@ -2,9 +2,24 @@
 # make bench: runs the benches where a Linux guest boots at speed (directly on
 # VT-x/AMD-V, inside the nested test host on PVM) and prints their tables.
 #   tests/bench/run.sh [boot|vsock|fs|ctr|jail|agent ...]   (default: all of them)
-set -euo pipefail
+# Knobs: BENCH_RUNS (boot, vsock, fs; default 5), BENCH_VSOCK_MIB (64),
+# BENCH_FS_MIB (256), BENCH_CTR_RUNS (10), BENCH_JAIL_RUNS (5),
+# BENCH_TIMEOUT (test-host seconds per bench, default 3600),
+# COCOON_BENCH_FIRECRACKER (the Firecracker peer; default ../shared/peers/firecracker).
+#
+# A bench whose test host itself failed (run.sh exit 126: its kernel hung or
+# its heartbeat stopped) runs again, twice at most; that is the only rerun.
+# Any other non-zero exit (a bench's own failure, 124 = the bench ran past
+# the timeout) fails the bench: the remaining benches still run, then this
+# script exits 1 naming the failed ones. The summary at the end lists what
+# ran and every rerun with the test host's reason.
+set -uo pipefail
 cd "$(dirname "$0")/../.."
-want=" ${*:-boot vsock fs ctr jail agent} "
+all="boot vsock fs ctr jail agent"
+want=" ${*:-$all} "
+for b in $want; do
+  [[ " $all " == *" $b "* ]] || { echo "bench: unknown bench '$b' (expected some of: $all)" >&2; exit 2; }
+done
 kernel=$(readlink -f build/vmlinux)
 vmm=$PWD/target/release/cocoon-vmm
 declare -A bench_args=(
@@ -19,23 +34,61 @@ case "$kind" in
   vmx|svm) echo "bench: host KVM is hardware ($kind): running directly" ;;
   *) echo "bench: host KVM is '$kind': running inside the nested test host (QEMU TCG); absolute times are TCG-slowed, compare the ratios" ;;
 esac
+
+ran=() failed=() reruns=()
+errlog=$(mktemp /tmp/cocoon-bench-stderr.XXXXXX)
+trap 'rm -f "$errlog"' EXIT
+exec 3>&1
+
+# Why the test host failed, from what tests/testhost/run.sh said on stderr.
+testhost_reason() {
+  local r
+  r=$(grep -E '^testhost: .*(hung|stopped|lockup|heartbeat|without an exit code)' "$errlog" | head -n1)
+  [ -n "$r" ] || r=$(grep -E '^testhost: ' "$errlog" | grep -v '^testhost: monitor' | tail -n1)
+  r=${r#testhost: }; r=${r%; killing it*}
+  echo "${r:-the test host failed (exit 126)}"
+}
+
 for b in boot vsock fs ctr jail; do
   [[ "$want" == *" $b "* ]] || continue
   # shellcheck disable=SC2086 # the arguments are paths without spaces
   case "$kind" in
-    vmx|svm) python3 "tests/bench/$b.py" ${bench_args[$b]} ;;
+    vmx|svm) rc=0; python3 "tests/bench/$b.py" ${bench_args[$b]} || rc=$? ;;
     *)
-      # A test host that failed itself (124 timeout, 125 no exit code, 126
-      # hung kernel) is not a bench result: run that bench again, twice at most.
       for attempt in 1 2 3; do
-        rc=0; tests/testhost/run.sh --timeout 1800 -- python3 "tests/bench/$b.py" ${bench_args[$b]} || rc=$?
-        case "$rc" in
-          0) break ;;
-          124|125|126) [ "$attempt" -lt 3 ] || exit "$rc"; echo "bench: the test host failed ($rc) during '$b'; running it again" >&2 ;;
-          *) exit "$rc" ;;
-        esac
+        # stderr goes to the terminal and to $errlog (for the test host's reason).
+        tests/testhost/run.sh --timeout "${BENCH_TIMEOUT:-3600}" -- python3 "tests/bench/$b.py" ${bench_args[$b]} \
+          2>&1 1>&3 3>&- | tee "$errlog" >&2
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 126 ] || break
+        reason=$(testhost_reason)
+        if [ "$attempt" -lt 3 ]; then
+          reruns+=("$b: $reason")
+          echo "bench: the test host failed during '$b' ($reason); running '$b' again" >&2
+        else
+          rc="126, the test host failed 3 times, last: $reason"
+        fi
       done ;;
   esac
+  if [ "$rc" = 0 ]; then ran+=("$b: ok"); else ran+=("$b: FAILED (exit $rc)"); failed+=("$b"); fi
 done
 # The agent's container-start bench needs no VM: directly on this host.
-if [[ "$want" == *" agent "* ]]; then tests/bench/agent.sh; fi
+if [[ "$want" == *" agent "* ]]; then
+  rc=0; tests/bench/agent.sh || rc=$?
+  if [ "$rc" = 0 ]; then ran+=("agent: ok"); else ran+=("agent: FAILED (exit $rc)"); failed+=("agent"); fi
+fi
+
+echo
+echo "bench: summary: ${#ran[@]} bench(es) ran"
+for r in "${ran[@]}"; do echo "bench:   $r"; done
+if [ "${#reruns[@]}" -eq 0 ]; then
+  echo "bench: no bench was rerun"
+else
+  echo "bench: ${#reruns[@]} bench run(s) repeated because the test host failed:"
+  for r in "${reruns[@]}"; do echo "bench:   $r"; done
+fi
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "bench: FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "bench: all passed"
