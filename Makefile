@@ -82,7 +82,7 @@ bench: deps kernel initrd build-release
 # target for a bounded time, crashes fail (scripts/fuzz-smoke.sh).
 fuzz-smoke:
 	@scripts/target-cache.sh
-	@scripts/fuzz-smoke.sh
+	@FUZZ_BUILD=$${FUZZ_BUILD:-dev} scripts/fuzz-smoke.sh
 
 fuzz:
 	@scripts/target-cache.sh

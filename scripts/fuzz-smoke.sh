@@ -34,14 +34,22 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
 
+# FUZZ_BUILD=dev (make fuzz-smoke): unoptimised with debug assertions,
+# quicker to build than it is slower to run for seconds; release (make fuzz)
+# for long runs.
+case "${FUZZ_BUILD:-release}" in
+  dev) mode=(--dev) ;;
+  release) mode=() ;;
+  *) echo "[fuzz] FUZZ_BUILD must be dev or release, not '$FUZZ_BUILD'" >&2; exit 2 ;;
+esac
 if rustup run nightly rustc --version >/dev/null 2>&1; then
   tc=(+nightly)
   san=(-s address)
-  echo "[fuzz] toolchain: $(rustup run nightly rustc --version) with AddressSanitizer"
+  echo "[fuzz] toolchain: $(rustup run nightly rustc --version) with AddressSanitizer, ${FUZZ_BUILD:-release} build"
 else
   tc=()
   san=(-s none)
-  echo "[fuzz] toolchain: $(rustc --version), no sanitizer (-s none; no nightly toolchain)"
+  echo "[fuzz] toolchain: $(rustc --version), no sanitizer (-s none; no nightly toolchain), ${FUZZ_BUILD:-release} build"
 fi
 
 work=$(mktemp -d /tmp/cocoon-fuzz.XXXXXX)
@@ -51,7 +59,7 @@ fail() { echo "[fuzz] FAILED: $*" >&2; exit 1; }
 
 for crate in "${crates[@]}"; do
   echo "[fuzz] building $crate"
-  if ! (cd "$crate" && cargo "${tc[@]}" fuzz build "${san[@]}" --target-dir "$target_dir") >"$work/build.log" 2>&1; then
+  if ! (cd "$crate" && cargo "${tc[@]}" fuzz build "${san[@]}" ${mode[@]+"${mode[@]}"} --target-dir "$target_dir") >"$work/build.log" 2>&1; then
     grep -E '^(error|warning: unused)|^ +--> ' "$work/build.log" | head -40 >&2 || true
     tail -20 "$work/build.log" >&2
     fail "cargo fuzz build in $crate"
@@ -68,7 +76,7 @@ run_target() { # CRATE TARGET
   local before new_corpus="$work/corpus-$target" scratch="$work/tmp-$target" log="$work/$target.log" status=0
   before=$(ls -A "$artifacts")
   mkdir -p "$new_corpus" "$scratch"
-  (cd "$crate" && TMPDIR="$scratch" cargo "${tc[@]}" fuzz run "${san[@]}" --target-dir "$target_dir" \
+  (cd "$crate" && TMPDIR="$scratch" cargo "${tc[@]}" fuzz run "${san[@]}" ${mode[@]+"${mode[@]}"} --target-dir "$target_dir" \
     "$target" "$new_corpus" "corpus/$target" -- \
     -max_total_time="$secs" -rss_limit_mb="$rss" -timeout="$per_input" \
     -print_final_stats=1 -close_fd_mask=1) >"$log" 2>&1 || status=$?
@@ -81,7 +89,7 @@ run_target() { # CRATE TARGET
       tail -30 "$log"
       local artifact=${found:+$crate/artifacts/$target/$(echo "$found" | head -1)}
       echo "[fuzz] $target crashed (exit $status); artifact: ${artifact:-none written}"
-      echo "[fuzz] reproduce: (cd $crate && cargo ${tc[*]} fuzz run ${san[*]} $target ${artifact:+artifacts/$target/$(echo "$found" | head -1)})"
+      echo "[fuzz] reproduce: (cd $crate && cargo ${tc[*]} fuzz run ${san[*]} ${mode[*]:-} $target ${artifact:+artifacts/$target/$(echo "$found" | head -1)})"
     } >"$work/$target.fail"
     return 1
   fi
