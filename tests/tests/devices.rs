@@ -11,6 +11,14 @@ use std::time::Duration;
 
 use cocoon_e2e::{assert_devtest_all_passed, run_with_deadline, Artifacts};
 
+/// A temp directory removed on drop.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("cocoon-e2e-{tag}-"))
+        .tempdir()
+        .unwrap()
+}
+
 /// Every device in one VM, run inside the net module's network namespace
 /// (the TAP lives there; the Unix sockets of vsock and virtio-fs are on the
 /// file system, which the namespace shares): the guest runs the five checks
@@ -20,7 +28,7 @@ fn every_device_in_one_boot() {
     let a = Artifacts::from_env();
 
     // blk: a read-only disk with a known pattern, a read-write one to write.
-    let dir = blk::temp_dir("io");
+    let dir = temp_dir("devices");
     let (ro, rw) = (dir.path().join("ro.img"), dir.path().join("rw.img"));
     let ro_bytes: Vec<u8> = (0..blk::RO_BYTES)
         .map(|i| blk::pattern(blk::RO_SEED, i))
@@ -159,18 +167,10 @@ mod blk {
     pub const RW_OFFSET: u64 = 3 * 4096 + 512;
     pub const FILL: u8 = 0xee;
 
-    /// A temp directory removed on drop.
-    pub fn temp_dir(tag: &str) -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("cocoon-e2e-blk-{tag}-"))
-            .tempdir()
-            .unwrap()
-    }
-
     #[test]
     fn missing_or_bad_backing_files_are_clear_errors() {
         let a = Artifacts::from_env();
-        let dir = temp_dir("errors");
+        let dir = super::temp_dir("blk-errors");
         let cases = [
             (
                 format!("path={}", dir.path().join("nope.img").display()),
@@ -474,14 +474,6 @@ mod vsock {
     pub const ECHO_PORT: u32 = 52;
     pub const GUEST_PORT: u32 = 5000;
 
-    /// A temp directory removed on drop.
-    pub fn temp_dir(tag: &str) -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("cocoon-vsock-{tag}-"))
-            .tempdir()
-            .unwrap()
-    }
-
     /// Echo every connection on `<uds>_52` until `stop`; counts echoed bytes.
     pub fn echo_server(
         path: PathBuf,
@@ -571,7 +563,7 @@ mod vsock {
     #[test]
     fn vsock_flag_errors_name_the_problem() {
         let a = Artifacts::from_env();
-        let dir = temp_dir("flags");
+        let dir = super::temp_dir("vsock-flags");
         let run = |arg: String| {
             let mut cmd = Command::new(&a.vmm);
             cmd.arg("--kernel").arg(&a.kernel).arg("--vsock").arg(arg);

@@ -3,6 +3,7 @@
 //! that opens a raw stdio stream, and address helpers for both transports.
 
 pub mod address;
+pub mod deadline;
 pub mod stream_header;
 
 /// Messages of `cocoon.agent.v1`.

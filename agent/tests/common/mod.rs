@@ -40,32 +40,7 @@ pub fn ctx_for(limit: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(limit.as_nanos() as i64)
 }
 
-/// True for the error ttrpc gives when a call's deadline passed, on the
-/// client side or on the server side (not an error the agent made).
-pub fn is_deadline(e: &ttrpc::Error) -> bool {
-    match e {
-        ttrpc::Error::Others(m) => m.starts_with("Receive packet timeout"),
-        ttrpc::Error::RpcStatus(s) => {
-            s.code() == ttrpc::Code::DEADLINE_EXCEEDED && s.message() == "timeout"
-        }
-        _ => false,
-    }
-}
-
-/// Awaits a call made with a deadline of `limit`; fails the test, naming
-/// `what`, when that deadline passes (also as a last resort if the call
-/// itself never returns).
-pub async fn bounded<T>(
-    what: &str,
-    limit: Duration,
-    call: impl std::future::Future<Output = ttrpc::Result<T>>,
-) -> ttrpc::Result<T> {
-    match tokio::time::timeout(limit + Duration::from_secs(5), call).await {
-        Ok(Err(e)) if is_deadline(&e) => panic!("{what}: no answer within {limit:?} ({e:?})"),
-        Ok(r) => r,
-        Err(_) => panic!("{what}: no answer within {limit:?}"),
-    }
-}
+pub use cocoon_agent_protocol::deadline::bounded;
 
 pub struct Agent {
     pub dir: tempfile::TempDir,

@@ -44,32 +44,7 @@ pub fn wait_timeout() -> Duration {
     op_timeout() * 2
 }
 
-/// True for the error ttrpc gives when a call's deadline passed, on the
-/// client side or on the server side (not an error the shim made).
-pub fn is_deadline(e: &ttrpc::Error) -> bool {
-    match e {
-        ttrpc::Error::Others(m) => m.starts_with("Receive packet timeout"),
-        ttrpc::Error::RpcStatus(s) => {
-            s.code() == ttrpc::Code::DEADLINE_EXCEEDED && s.message() == "timeout"
-        }
-        _ => false,
-    }
-}
-
-/// Awaits a call made with a deadline of `limit` (`ctx_for(limit)`; `ctx()`
-/// is `op_timeout()`); fails the test, naming `what`, when that deadline
-/// passes (also as a last resort if the call itself never returns).
-pub async fn bounded<T>(
-    what: &str,
-    limit: Duration,
-    call: impl std::future::Future<Output = ttrpc::Result<T>>,
-) -> ttrpc::Result<T> {
-    match tokio::time::timeout(limit + Duration::from_secs(5), call).await {
-        Ok(Err(e)) if is_deadline(&e) => panic!("{what}: no answer within {limit:?} ({e:?})"),
-        Ok(r) => r,
-        Err(_) => panic!("{what}: no answer within {limit:?}"),
-    }
-}
+pub use cocoon_agent_protocol::deadline::bounded;
 
 /// `bounded` with the ordinary deadline, `op_timeout()`.
 pub async fn call<T>(
