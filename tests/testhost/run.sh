@@ -64,9 +64,9 @@ cleanup() {
   exit "$rc"
 }
 # The test host failed or CMD ran out of time: say why (stderr and --why).
-give_up() { # CODE REASON
-  echo "testhost: $2" >&2
-  if [ -n "$why" ]; then echo "$2" >"$why"; fi
+give_up() { # REASON
+  echo "testhost: $1" >&2
+  if [ -n "$why" ]; then echo "$1" >"$why"; fi
   kill -9 "$qpid" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -139,7 +139,7 @@ deadline=$(( $(date +%s) + timeout ))
 stall=${COCOON_TESTHOST_STALL_SECS:-120}
 while kill -0 "$qpid" 2>/dev/null; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
-    give_up 124 "the command ran past its deadline of ${timeout} s (a hang in the command, not the test host); killed"
+    give_up "the command ran past its deadline of ${timeout} s (a hang in the command, not the test host); killed"
     wait "$tailpid" 2>/dev/null || true; tailpid=""
     echo "testhost: last console lines:" >&2; tail -20 "$out/console.log" >&2
     exit 124
@@ -148,7 +148,7 @@ while kill -0 "$qpid" 2>/dev/null; do
   # QEMU TCG and nested SVM): give up now rather than at the deadline.
   if grep -q 'soft lockup' "$out/console.log" 2>/dev/null; then
     monitor_dump
-    give_up 126 "the test host's own kernel hung (soft lockup on its console); killed it"
+    give_up "the test host's own kernel hung (soft lockup on its console); killed it"
     wait "$tailpid" 2>/dev/null || true; tailpid=""
     tail -20 "$out/console.log" >&2
     exit 126
@@ -158,7 +158,7 @@ while kill -0 "$qpid" 2>/dev/null; do
   # beats every 5 s; a heartbeat silent for $stall s means it is gone.
   if [ -f "$out/heartbeat" ] && [ $(( $(date +%s) - $(stat -c %Y "$out/heartbeat") )) -ge "$stall" ]; then
     monitor_dump
-    give_up 126 "the test host stopped (no heartbeat for ${stall} s); killed it"
+    give_up "the test host stopped (no heartbeat for ${stall} s); killed it"
     wait "$tailpid" 2>/dev/null || true; tailpid=""
     tail -20 "$out/console.log" >&2
     exit 126
@@ -169,7 +169,7 @@ wait "$qpid" || true
 qpid=""
 wait "$tailpid" 2>/dev/null || true; tailpid=""
 if [ ! -f "$out/rc" ]; then
-  give_up 125 "the test host ended without an exit code (it crashed or powered off early)"
+  give_up "the test host ended without an exit code (it crashed or powered off early)"
   echo "testhost: its console and QEMU said:" >&2
   tail -30 "$out/console.log" >&2; tail -5 "$out/qemu.log" >&2
   exit 125
