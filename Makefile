@@ -16,7 +16,7 @@ AGENT_BIN   := target/$(STATIC_TRIPLE)/guest/cocoon-agent
 VMM_DEBUG   := target/debug/cocoon-vmm
 VMM_RELEASE := target/release/cocoon-vmm
 
-.PHONY: help deps build build-release kernel initrd lint unit e2e test demo bench fuzz-smoke fuzz clean
+.PHONY: help deps build build-release kernel initrd lint unit e2e-build e2e test demo bench fuzz-smoke fuzz clean
 
 help:
 	@echo "make demo    install what is missing, build, boot the guest in a cocoon micro-VM"
@@ -59,16 +59,25 @@ lint:
 
 unit:
 	python3 -m unittest discover -s rootfs -p 'test_*.py'
+	python3 -m unittest discover -s scripts -p 'test_*.py'
 	$(CARGO) test --workspace
+
+# What the end-to-end tests run (the workspace's binaries, the e2e test
+# binaries), built ahead so that `make test` builds them beside the initrd.
+e2e-build: build
+	$(CARGO) test -p cocoon-e2e --features e2e --no-run --quiet
 
 # Real-VM tests: directly on VT-x/AMD-V, inside the nested test host on PVM.
 e2e: kernel initrd build
 	@tests/run-e2e.sh
 
-# lint+unit and initrd+fuzz-smoke build in different cargo output
-# directories: side by side, then the end-to-end tests.
+# lint+unit+e2e-build and initrd+fuzz-smoke build in different cargo output
+# directories: side by side; then, every build done, the sources they were
+# built from are recorded for the next checkout (scripts/target-cache.sh),
+# and the end-to-end tests run.
 test: deps kernel
-	@scripts/side-by-side.sh "lint unit" "initrd fuzz-smoke"
+	@scripts/side-by-side.sh "lint unit e2e-build" "initrd fuzz-smoke"
+	@scripts/target-cache.sh record
 	@$(MAKE) --no-print-directory e2e
 	@echo "make test: all passed ($$(cat $(BUILD)/e2e-summary.txt 2>/dev/null || echo "no e2e summary"))"
 

@@ -9,10 +9,17 @@
 # Safety: cargo decides whether a workspace crate is fresh by comparing its
 # sources' mtimes with its outputs'; across checkouts that could take another
 # checkout's newer outputs for this one's older sources. So when the cache
-# was last used by a different checkout, this one's tracked files are touched
-# first: its crates are rebuilt, the dependencies (keyed by version and
-# flags) are not. One checkout at a time per cache.
+# was last used by a different checkout, this one's tracked files get their
+# mtimes from scripts/source-mtimes.py: a file whose content is what the
+# cached outputs were built from (recorded by `target-cache.sh record` once
+# `make test` has built everything) keeps the mtime it had then, any other
+# file is dated now, and cargo rebuilds only the crates with a changed file.
+# Without a record it can trust (none, or a build ran after it), every file
+# is dated now: every workspace crate is rebuilt, the dependencies (keyed by
+# version and flags) are not. One checkout at a time per cache.
 # The cache is emptied when it grows past COCOON_TARGET_CACHE_MAX_GB (40).
+#   scripts/target-cache.sh           link ./target, date this checkout's files
+#   scripts/target-cache.sh record    after the builds: record them for the next checkout
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,12 +42,17 @@ fi
 # This checkout: its path and the inode of its .git (a new clone at the same
 # path is a different checkout).
 me="$(pwd -P) $(stat -c %i .git)"
-if [ "$(cat "$cache/.cocoon-owner" 2>/dev/null)" != "$me" ]; then
-  if [ -s "$cache/.cocoon-owner" ]; then
-    echo "[cache] $cache was last used by another checkout: rebuilding this checkout's crates, reusing the dependencies"
+owner=$(cat "$cache/.cocoon-owner" 2>/dev/null || true)
+if [ "${1:-}" = record ]; then
+  [ "$owner" = "$me" ] && python3 scripts/source-mtimes.py record "$cache"
+  exit 0
+fi
+if [ "$owner" != "$me" ]; then
+  if [ -n "$owner" ]; then
+    echo "[cache] $cache was last used by another checkout"
   else
     echo "[cache] cargo outputs go to $cache (reused by later clones; COCOON_TARGET_CACHE=0 to keep them in ./target)"
   fi
-  git ls-files -z | xargs -0 touch -c --
+  python3 scripts/source-mtimes.py restore "$cache"
   printf '%s\n' "$me" >"$cache/.cocoon-owner"
 fi

@@ -101,8 +101,8 @@ python3 tests/ctr/mkimage.py --busybox "$(command -v busybox || echo /bin/busybo
 jobs=${COCOON_E2E_JOBS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
 case "$kind" in vmx|svm) jobs=1;; esac
 declare -A estimate=(
-  [ctr_run]=180 [shim-task_local]=140 [ctr_host_boundary]=90 [ctr_vmm_jail]=70
-  [agent-features]=30 [boot]=20 [devices]=20 [agent_boot]=5
+  [ctr_run]=150 [shim-task_local]=160 [ctr_host_boundary]=80 [ctr_vmm_jail]=55
+  [agent-features]=20 [boot]=15 [devices]=12 [agent_boot]=5
 )
 entries=() # "SECONDS<TAB>NAME<TAB>COMMAND"
 for b in "${bins[@]}"; do
