@@ -65,7 +65,7 @@ unit:
 # What the end-to-end tests run (the workspace's binaries, the e2e test
 # binaries), built ahead so that `make test` builds them beside the initrd.
 e2e-build: build
-	$(CARGO) test -p cocoon-e2e --features e2e --no-run --quiet
+	@tests/run-e2e.sh --build
 
 # Real-VM tests: directly on VT-x/AMD-V, inside the nested test host on PVM.
 e2e: kernel initrd build

@@ -5,6 +5,8 @@
 #   tests/run-e2e.sh [TEST-BINARY-NAME...]   (default: every e2e test binary;
 #   the name `agent` selects the agent's host tests, run in the test host only;
 #   `shim` the shim's task-service tests, here on real micro-VMs)
+#   tests/run-e2e.sh --build   only build every test binary it would run
+#   (make test does that beside the initrd build)
 #
 # Nothing can hide a failure:
 # - a test binary that does not build fails the run (cargo's exit status is
@@ -20,6 +22,8 @@
 #   prints on its last line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build_only=0
+if [ "${1:-}" = --build ]; then build_only=1; shift; fi
 mkdir -p build
 rm -f build/e2e-*.results build/e2e-*.why build/e2e-*.list build/e2e-reruns.txt build/e2e-summary.txt
 
@@ -75,6 +79,7 @@ done
 if [ ${#bins[@]} -eq 0 ] && [ ${#agent_bins[@]} -eq 0 ] && [ ${#shim_bins[@]} -eq 0 ]; then
   echo "e2e: no test binary matches: $*" >&2; exit 1
 fi
+[ "$build_only" = 0 ] || exit 0
 
 # The VMM and the shim the tests start: the debug build, or with
 # COCOON_E2E_PROFILE=release the release one (built by the caller).
