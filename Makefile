@@ -54,8 +54,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path vmm/fuzz/Cargo.toml -- --check
 	$(CARGO) fmt --manifest-path shim/fuzz/Cargo.toml -- --check
-	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
-	$(CARGO) clippy -p cocoon-e2e --features e2e --all-targets --quiet -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features cocoon-e2e/e2e --quiet -- -D warnings
 
 unit:
 	python3 -m unittest discover -s rootfs -p 'test_*.py'

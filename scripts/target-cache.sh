@@ -39,9 +39,12 @@ if [ "$used_gb" -ge "$max_gb" ]; then
   find "$cache" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
 fi
 
-# This checkout: its path and the inode of its .git (a new clone at the same
-# path is a different checkout).
-me="$(pwd -P) $(stat -c %i .git)"
+# This checkout: its path and a random id kept in its .git (a new clone at
+# the same path is a different checkout; the inode of a new .git can be the
+# old one's).
+gitdir=$(git rev-parse --absolute-git-dir)
+[ -s "$gitdir/cocoon-checkout-id" ] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$gitdir/cocoon-checkout-id"
+me="$(pwd -P) $(cat "$gitdir/cocoon-checkout-id")"
 owner=$(cat "$cache/.cocoon-owner" 2>/dev/null || true)
 if [ "${1:-}" = record ]; then
   [ "$owner" = "$me" ] && python3 scripts/source-mtimes.py record "$cache"

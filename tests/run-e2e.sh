@@ -30,17 +30,20 @@ rm -f build/e2e-*.results build/e2e-*.why build/e2e-*.list build/e2e-reruns.txt 
 deadline=${COCOON_E2E_DEADLINE:-900}
 want=" $* "
 
-# collect OUT PREFIX -- CARGO-TEST-ARGS...: builds the test binaries and
-# writes "NAME EXE" lines (test targets only, NAME prefixed) to OUT; a build
-# failure ends the run with cargo's own messages.
+# collect OUT PREFIX PACKAGE-DIR -- CARGO-TEST-ARGS...: builds the test
+# binaries and writes "NAME EXE" lines (the test targets of the package in
+# PACKAGE-DIR only, NAME prefixed) to OUT; a build failure ends the run with
+# cargo's own messages. The builds are workspace-wide (`--workspace`), as in
+# `make unit`, so that the dependencies are built with the same features and
+# shared with it instead of built again in a second variant.
 collect() {
-  local out=$1 prefix=$2; shift 3
+  local out=$1 prefix=$2 pkg=$3; shift 4
   if ! cargo test "$@" --no-run --message-format=json-render-diagnostics >"$out.json" 2>"$out.log"; then
     tail -40 "$out.log" >&2
     echo "e2e: the test binaries did not build (cargo test $* --no-run): failing" >&2
     exit 1
   fi
-  python3 - "$out.json" "$prefix" >"$out" <<'PY'
+  python3 - "$out.json" "$prefix" "$PWD/$pkg/Cargo.toml" >"$out" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     if not line.startswith("{"):
@@ -48,7 +51,7 @@ for line in open(sys.argv[1]):
     m = json.loads(line)
     t = m.get("target", {})
     if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("kind") == ["test"] \
-       and t["name"] != "bench":
+       and m.get("manifest_path") == sys.argv[3] and t["name"] != "bench":
         print(sys.argv[2] + t["name"] + " " + m["executable"])
 PY
 }
@@ -62,16 +65,16 @@ agent_cgroup_tests="memory_limit_oom_kill_and_event pids_limit_holds pause_stops
 
 agent_bins=() shim_bins=() bins=()
 if [ "$run_agent" = 1 ] && { [ $# -eq 0 ] || [[ "$want" == *" agent "* ]]; }; then
-  collect build/e2e-bins-agent agent- -- -p cocoon-agent --test features
+  collect build/e2e-bins-agent agent- agent -- --workspace --test features
   mapfile -t agent_bins <build/e2e-bins-agent
   [ ${#agent_bins[@]} -gt 0 ] || { echo "e2e: cargo built no agent test binary" >&2; exit 1; }
 fi
 if [ $# -eq 0 ] || [[ "$want" == *" shim "* ]]; then
-  collect build/e2e-bins-shim shim- -- -p containerd-shim-cocoon-v2 --test task_local
+  collect build/e2e-bins-shim shim- shim -- --workspace --test task_local
   mapfile -t shim_bins <build/e2e-bins-shim
   [ ${#shim_bins[@]} -gt 0 ] || { echo "e2e: cargo built no shim test binary" >&2; exit 1; }
 fi
-collect build/e2e-bins-vm "" -- -p cocoon-e2e --features e2e
+collect build/e2e-bins-vm "" tests -- --workspace --tests --features cocoon-e2e/e2e
 mapfile -t all_bins <build/e2e-bins-vm
 for b in "${all_bins[@]}"; do
   if [ $# -eq 0 ] || [[ "$want" == *" ${b%% *} "* ]]; then bins+=("$b"); fi
