@@ -21,6 +21,7 @@ edit followed by a plain `cargo build`); otherwise every file is dated
 """
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -34,11 +35,8 @@ def tracked_files():
 
 
 def content_hash(path):
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def regular(path):
@@ -46,7 +44,7 @@ def regular(path):
         st = os.lstat(path)
     except FileNotFoundError:
         return None
-    return st if os.path.stat.S_ISREG(st.st_mode) else None
+    return st if stat.S_ISREG(st.st_mode) else None
 
 
 def record(cache):
