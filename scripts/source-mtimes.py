@@ -11,10 +11,13 @@ content is the recorded one the recorded mtime, and every other file "now":
 cargo then rebuilds exactly the crates whose sources differ, as it would in
 one long-lived working tree.
 
-The record is trusted only if no cargo output was written after it (a build
-after the record may have used content the record does not describe, say an
-edit followed by a plain `cargo build`); otherwise every file is dated
-"now", as if there were no record.
+The record is trusted only if it was made in this same directory (the
+outputs name their checkout's path: `env!("CARGO_MANIFEST_DIR")`, the test
+binaries' `CARGO_BIN_EXE_*`; cargo does not rebuild when only that path
+changed) and no cargo output was written after it (a build after the record
+may have used content the record does not describe, say an edit followed by
+a plain `cargo build`); otherwise every file is dated "now", as if there
+were no record.
 
   source-mtimes.py record CACHE     this checkout's files -> CACHE/.cocoon-sources
   source-mtimes.py restore CACHE    CACHE/.cocoon-sources -> this checkout's mtimes
@@ -47,8 +50,15 @@ def regular(path):
     return st if stat.S_ISREG(st.st_mode) else None
 
 
+ROOT = "#root\t"
+
+
+def here():
+    return os.path.realpath(os.getcwd())
+
+
 def record(cache):
-    lines = []
+    lines = [f"{ROOT}{here()}\n"]
     for path in tracked_files():
         st = regular(path)
         if st is not None:
@@ -57,16 +67,21 @@ def record(cache):
     with open(tmp, "w") as f:
         f.writelines(lines)
     os.replace(tmp, os.path.join(cache, RECORD))
-    print(f"[cache] recorded {len(lines)} source files for the next checkout")
+    print(f"[cache] recorded {len(lines) - 1} source files for the next checkout")
 
 
 def read_record(path):
+    """(the directory the record was made in, {file: (digest, mtime)})."""
+    root = None
     entries = {}
     with open(path) as f:
         for line in f:
+            if line.startswith(ROOT):
+                root = line[len(ROOT):].rstrip("\n")
+                continue
             digest, mtime, name = line.rstrip("\n").split("\t", 2)
             entries[name] = (digest, int(mtime))
-    return entries
+    return root, entries
 
 
 def fingerprint_dirs(cache):
@@ -105,10 +120,13 @@ def restore(cache):
         why = "no record of the cached build"
     else:
         newer = output_newer_than(cache, os.stat(rec_path).st_mtime_ns)
-        if newer:
+        root, recorded = read_record(rec_path)
+        if root != here():
+            why = f"the cached build was made in {root or 'an unknown directory'}, not here, and its outputs name that path"
+        elif newer:
             why = f"a build ran after the record ({os.path.relpath(newer, cache)})"
         else:
-            entries = read_record(rec_path)
+            entries = recorded
     kept = 0
     for path in files:
         st = regular(path)

@@ -14,7 +14,8 @@
 # cached outputs were built from (recorded by `target-cache.sh record` once
 # `make test` has built everything) keeps the mtime it had then, any other
 # file is dated now, and cargo rebuilds only the crates with a changed file.
-# Without a record it can trust (none, or a build ran after it), every file
+# Without a record it can trust (none, one made at another path — the
+# outputs name their checkout's path — or a build ran after it), every file
 # is dated now: every workspace crate is rebuilt, the dependencies (keyed by
 # version and flags) are not. One checkout at a time per cache.
 # The cache is emptied when it grows past COCOON_TARGET_CACHE_MAX_GB (40).

@@ -1,7 +1,8 @@
 """scripts/source-mtimes.py with real cargo builds of a one-file crate in
 fresh clones that share one target directory: a crate is rebuilt exactly
 when its sources differ from what the shared outputs were built from, and
-never reused from a build the record does not describe."""
+never reused from a build the record does not describe or from a checkout
+at another path (the binary names its checkout's path)."""
 import os
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import tempfile
 import unittest
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "source-mtimes.py")
-MAIN = 'fn main() {{ println!("{}"); }}\n'
+MAIN = 'fn main() {{ println!("{} {{}}", env!("CARGO_MANIFEST_DIR")); }}\n'
 
 
 def run(cmd, cwd, env=None):
@@ -32,7 +33,6 @@ class SourceMtimesTest(unittest.TestCase):
             run(["git", "add", "-A"], self.origin)
             run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", word], self.origin)
             self.commits[word] = run(["git", "rev-parse", "HEAD"], self.origin).stdout.strip()
-        self.clones = 0
 
     def tearDown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -41,21 +41,25 @@ class SourceMtimesTest(unittest.TestCase):
         with open(os.path.join(tree, "src", "main.rs"), "w") as f:
             f.write(MAIN.format(word))
 
-    def checkout(self, word):
-        """A fresh clone at commit `word`, dated by `restore`."""
-        self.clones += 1
-        tree = os.path.join(self.tmp, f"clone{self.clones}")
+    def checkout(self, word, at="clone"):
+        """A fresh clone at commit `word` in directory `at` (a former clone
+        there is removed first), dated by `restore`."""
+        tree = os.path.join(self.tmp, at)
+        shutil.rmtree(tree, ignore_errors=True)
         run(["git", "clone", "-q", self.origin, tree], self.tmp)
         run(["git", "checkout", "-q", self.commits[word]], tree)
         run(["python3", SCRIPT, "restore", self.cache], tree)
         return tree
 
     def build(self, tree):
-        """(what the binary prints, whether cargo compiled the crate)."""
+        """(what the binary prints, whether cargo compiled the crate); the
+        binary must name this checkout as its own."""
         env = dict(os.environ, CARGO_TARGET_DIR=self.cache)
         r = run(["cargo", "build", "--offline"], tree, env)
         out = run([os.path.join(self.cache, "debug", "probe")], tree).stdout.strip()
-        return out, "Compiling probe" in r.stderr
+        word, _, built_in = out.partition(" ")
+        self.assertEqual(built_in, os.path.realpath(tree), "the binary was built in another checkout")
+        return word, "Compiling probe" in r.stderr
 
     def record(self, tree):
         run(["python3", SCRIPT, "record", self.cache], tree)
@@ -87,6 +91,18 @@ class SourceMtimesTest(unittest.TestCase):
         self.assertEqual(self.build(a), ("three", True))
         b = self.checkout("one")
         self.assertEqual(self.build(b), ("one", True))
+
+    def test_a_record_made_at_another_path_is_not_trusted(self):
+        a = self.checkout("one", at="here")
+        self.assertEqual(self.build(a), ("one", True))
+        self.record(a)
+        # The same content elsewhere: the outputs name "here", so rebuilt.
+        b = self.checkout("one", at="elsewhere")
+        self.assertEqual(self.build(b), ("one", True))
+        self.record(b)
+        # And back: "elsewhere" built last, so rebuilt again.
+        c = self.checkout("one", at="here")
+        self.assertEqual(self.build(c), ("one", True))
 
     def test_without_a_record_everything_is_rebuilt(self):
         a = self.checkout("one")
