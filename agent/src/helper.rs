@@ -236,9 +236,17 @@ fn helper_run(
             Ok(container.pid().map(|p| p.as_raw()).unwrap_or(0))
         }
         "exec" => {
+            // The container's seccomp profile, which libcontainer leaves
+            // out of a tenant's spec (see exec_seccomp).
+            let container = libcontainer::container::Container::load(root.join(id))?;
+            let config = container.bundle().join("config.json");
+            let plan = crate::exec_seccomp::plan(&config, path).map_err(|e| {
+                libcontainer::error::LibcontainerError::Other(crate::error_code::chain(&e))
+            })?;
             let pid = builder
+                .with_executor(plan.executor)
                 .as_tenant()
-                .with_process(Some(path))
+                .with_process(Some(&plan.process_json))
                 .with_detach(true)
                 .build()?;
             Ok(pid.as_raw())

@@ -16,6 +16,7 @@ pub mod container_signal;
 pub mod container_start;
 pub mod entry;
 pub mod error_code;
+pub mod exec_seccomp;
 pub mod helper;
 pub mod listen;
 pub mod oom;

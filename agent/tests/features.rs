@@ -75,6 +75,86 @@ async fn seccomp_profile_is_applied() {
     assert!(err.contains("Operation not permitted"), "stderr: {err}");
 }
 
+/// Runs `args` as exec `exec_id` in the running container `id`; returns
+/// (exit status, stdout + stderr).
+async fn exec_output(a: &Agent, id: &str, exec_id: &str, args: &[&str]) -> (i32, String) {
+    let proc = ProcessBuilder::default()
+        .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .cwd("/")
+        .env(vec!["PATH=/bin".to_string()])
+        .build()
+        .unwrap();
+    let mut req = ExecProcessRequest::new();
+    req.container_id = id.into();
+    req.exec_id = exec_id.into();
+    req.oci_process_json = serde_json::to_vec(&proc).unwrap();
+    let mut s = Stdio::new();
+    (s.stdout, s.stderr) = (true, true);
+    req.stdio = protobuf::MessageField::some(s);
+    a.client.exec_process(ctx(), &req).await.unwrap();
+    let out = a.stream(id, exec_id, StreamKind::Stdout).await;
+    let err = a.stream(id, exec_id, StreamKind::Stderr).await;
+    let (o, e) = tokio::join!(read_all(out), read_all(err));
+    let status = a.wait(id, exec_id).await.unwrap().exit_status;
+    (status, o + &e)
+}
+
+/// A status line of /proc/self/status as a process of the container sees it.
+fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {status:?}"))
+        .trim()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_profile_covers_exec_processes() {
+    // libcontainer leaves the container's profile out of an exec's spec:
+    // the agent loads it itself (exec_seccomp), also for a process without
+    // noNewPrivileges and without CAP_SYS_ADMIN, which must not keep the
+    // CAP_SYS_ADMIN it is lent for loading the filter.
+    let a = Agent::start().await;
+    let mut spec = a.spec("sx", &["sleep", "100"]);
+    let seccomp = LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .syscalls(vec![LinuxSyscallBuilder::default()
+            .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(1u32)
+            .build()
+            .unwrap()])
+        .build()
+        .unwrap();
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_seccomp(Some(seccomp));
+    spec.set_linux(Some(linux));
+    let p = spec.process_mut().as_mut().unwrap();
+    p.set_no_new_privileges(None);
+    a.create("sx", &spec, (false, false, false)).await.unwrap();
+    a.start_c("sx").await.unwrap();
+
+    let (st, init) = exec_output(&a, "sx", "e0", &["cat", "/proc/1/status"]).await;
+    assert_eq!(st, 0, "{init}");
+    assert_eq!(status_field(&init, "Seccomp:"), "2", "the init: {init}");
+
+    let (st, out) = exec_output(&a, "sx", "e1", &["mkdir", "/tmp/d"]).await;
+    assert_ne!(st, 0, "mkdir succeeded in an exec: {out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+
+    let (st, status) = exec_output(&a, "sx", "e2", &["cat", "/proc/self/status"]).await;
+    assert_eq!(st, 0, "{status}");
+    assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
+    for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(
+            status_field(&status, key),
+            status_field(&init, key),
+            "{key} of the exec differs from the init's"
+        );
+    }
+    a.remove("sx").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_into_running_container() {
     let a = Agent::start().await;
