@@ -41,6 +41,8 @@ pub enum ContainerError {
     InvalidArgument(String),
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error(transparent)]
+    PodNamespaces(#[from] crate::pod_namespaces::PodNamespacesError),
     #[error("creating the process")]
     Helper(#[from] HelperError),
     #[error("stdio")]
@@ -69,6 +71,10 @@ impl RpcCode for ContainerError {
             E::NotFound(_) | E::ProcessNotFound { .. } => Code::NOT_FOUND,
             E::Exists(_) | E::ExecExists { .. } => Code::ALREADY_EXISTS,
             E::WrongState { .. } => Code::FAILED_PRECONDITION,
+            E::PodNamespaces(crate::pod_namespaces::PodNamespacesError::NoSandboxId { .. }) => {
+                Code::INVALID_ARGUMENT
+            }
+            E::PodNamespaces(_) => Code::FAILED_PRECONDITION,
             E::InvalidArgument(_) | E::Spec(_) => Code::INVALID_ARGUMENT,
             E::Helper(HelperError::Failed { class, .. }) => match class {
                 HelperFailure::InvalidSpec => Code::INVALID_ARGUMENT,

@@ -53,7 +53,8 @@ pub async fn create_container(
         }
     };
 
-    let spec: Spec = spec_check::parse("spec", spec_json)?;
+    let mut spec: Spec = spec_check::parse("spec", spec_json)?;
+    crate::pod_namespaces::join_sandbox(state, id, &mut spec)?;
     let spec = spec_check::check_spec(
         spec,
         &Placement {

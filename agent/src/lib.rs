@@ -21,6 +21,7 @@ pub mod helper;
 pub mod listen;
 pub mod oom;
 pub mod pid1;
+pub mod pod_namespaces;
 pub mod reaper;
 pub mod run;
 pub mod sandbox;

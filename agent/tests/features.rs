@@ -8,8 +8,8 @@ use cocoon_agent_protocol::agent::*;
 use cocoon_agent_protocol::stream_header::StreamKind;
 use common::*;
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction,
-    LinuxSeccompBuilder, LinuxSyscallBuilder, ProcessBuilder, UserBuilder,
+    LinuxBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, ProcessBuilder, UserBuilder,
 };
 use tokio::io::AsyncReadExt;
 
@@ -153,6 +153,94 @@ async fn seccomp_profile_covers_exec_processes() {
         );
     }
     a.remove("sx").await.unwrap();
+}
+
+/// A CRI container's spec: the pod annotations and host paths (which mean
+/// nothing in the guest) for the namespaces it shares with its sandbox.
+fn cri_container_spec(
+    a: &Agent,
+    name: &str,
+    sandbox: &str,
+    args: &[&str],
+) -> oci_spec::runtime::Spec {
+    let mut spec = a.spec(name, args);
+    spec.set_annotations(Some(
+        [
+            ("io.kubernetes.cri.container-type", "container"),
+            ("io.kubernetes.cri.sandbox-id", sandbox),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    ));
+    let mut linux = spec.linux().clone().unwrap();
+    let nss = linux
+        .namespaces()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|mut ns| {
+            let kind = match ns.typ() {
+                LinuxNamespaceType::Pid => "pid",
+                LinuxNamespaceType::Ipc => "ipc",
+                LinuxNamespaceType::Uts => "uts",
+                _ => return ns,
+            };
+            ns.set_path(Some(format!("/proc/999999999/ns/{kind}").into()));
+            ns
+        })
+        .collect();
+    linux.set_namespaces(Some(nss));
+    spec.set_linux(Some(linux));
+    spec
+}
+
+fn ns_of(pid: u32, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_pod_share_its_pid_ipc_and_uts_namespaces() {
+    let a = Agent::start().await;
+    let mut sandbox = a.spec("pod", &["sleep", "100"]);
+    sandbox.set_hostname(Some("pod-host".into()));
+    let sandbox_pid = a
+        .create("pod", &sandbox, (false, false, false))
+        .await
+        .unwrap()
+        .pid;
+    a.start_c("pod").await.unwrap();
+
+    let spec = cri_container_spec(
+        &a,
+        "app",
+        "pod",
+        &["sh", "-c", "hostname; for n in ipc uts pid; do readlink /proc/self/ns/$n; done; cat /proc/1/cmdline; echo"],
+    );
+    let (st, out, err) = a.run("app", &spec).await;
+    assert_eq!(st, 0, "stderr: {err}");
+    let want = format!(
+        "pod-host\n{}\n{}\n{}\nsleep\u{0}100\u{0}\n",
+        ns_of(sandbox_pid, "ipc"),
+        ns_of(sandbox_pid, "uts"),
+        ns_of(sandbox_pid, "pid"),
+    );
+    assert_eq!(out, want, "the container is not in its pod's namespaces");
+
+    // A sandbox this guest does not have is named, not replaced by fresh
+    // namespaces.
+    let spec = cri_container_spec(&a, "orphan", "no-such-pod", &["true"]);
+    let (code, msg) = code_of(
+        a.create("orphan", &spec, (false, false, false))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("no-such-pod"), "{msg}");
+    a.remove("pod").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::api::Mount as TaskMount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::hostfs::{DetachedMount, Dir, HostFsError, MountAttr};
@@ -401,13 +401,27 @@ pub fn share_container(
     spec.set_mounts(Some(mounts));
 
     // Host namespace paths (a CNI netns, ...) mean nothing in the guest;
-    // the container gets fresh namespaces of those kinds there.
+    // the container gets fresh namespaces of those kinds there. Except the
+    // pid, ipc and uts paths of a CRI container, which name its sandbox's:
+    // the agent joins the sandbox's namespaces of those kinds in the guest
+    // (agent/src/pod_namespaces.rs).
+    let cri_container = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(crate::task::ANNOTATION_CONTAINER_TYPE))
+        .is_some_and(|t| t == "container");
     if let Some(linux) = spec.linux_mut() {
         if let Some(nss) = linux.namespaces().clone() {
             let nss = nss
                 .into_iter()
                 .map(|mut ns| {
-                    ns.set_path(None);
+                    let pod_kind = matches!(
+                        ns.typ(),
+                        LinuxNamespaceType::Pid | LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts
+                    );
+                    if !(cri_container && pod_kind) {
+                        ns.set_path(None);
+                    }
                     ns
                 })
                 .collect();

@@ -652,7 +652,10 @@ async fn cri_annotations_put_containers_in_one_pod() {
             s.set_annotations(Some(a));
         }
     };
-    let b1 = h.bundle("sbx", &["sleep", "1000"], ann("sandbox"));
+    let b1 = h.bundle("sbx", &["sleep", "1000"], |s| {
+        ann("sandbox")(s);
+        s.set_hostname(Some("pod-host".into()));
+    });
     let b2 = h.bundle("app", &["sleep", "1000"], ann("container"));
     let p1 = within(h.create("sbx", &b1, ("", "", ""), false))
         .await
@@ -671,8 +674,43 @@ async fn cri_annotations_put_containers_in_one_pod() {
         .filter(|n| n != "vmm-uids")
         .collect();
     assert_eq!(pods, vec![std::ffi::OsString::from("sbx")]);
+    // The pod is one set of namespaces in the guest: a container that
+    // containerd points (by host paths) at its sandbox's pid, ipc and uts
+    // namespaces shares them there.
+    h.start_task("sbx", "").await.unwrap();
+    let (status, out, err) = within(h.run(
+        "shares",
+        &["sh", "-c", "hostname; cat /proc/1/cmdline"],
+        |s| {
+            ann("container")(s);
+            let linux = s.linux_mut().as_mut().unwrap();
+            let nss = linux
+                .namespaces()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|mut ns| {
+                    use oci_spec::runtime::LinuxNamespaceType as T;
+                    if matches!(ns.typ(), T::Pid | T::Ipc | T::Uts) {
+                        let kind = format!("{:?}", ns.typ()).to_lowercase();
+                        ns.set_path(Some(format!("/proc/{p1}/ns/{kind}").into()));
+                    }
+                    ns
+                })
+                .collect();
+            linux.set_namespaces(Some(nss));
+        },
+    ))
+    .await;
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(
+        out, "pod-host\nsleep\u{0}1000\u{0}",
+        "not in the sandbox's namespaces"
+    );
     for id in ["app", "sbx"] {
-        h.start_task(id, "").await.unwrap();
+        if id == "app" {
+            h.start_task(id, "").await.unwrap();
+        }
         h.kill(id, "", 9).await.unwrap();
         assert_eq!(within(h.wait(id, "")).await.unwrap().exit_status, 137);
     }

@@ -10,7 +10,7 @@ mod state;
 pub use pod::{remove_pod_dir, OomGate};
 pub use service::{
     pod_id_for, runtime_config_path, valid_id, BackendFactory, BundleRecord, PodParams,
-    TaskService, BUNDLE_POD_FILE,
+    TaskService, ANNOTATION_CONTAINER_TYPE, BUNDLE_POD_FILE,
 };
 pub use state::ExitInfo;
 
