@@ -56,6 +56,10 @@ async fn handle(mut conn: BoxConn, state: Arc<AgentState>) {
         }
         Err(_) => return,
     };
+    if header.kind == StreamKind::PortForward {
+        forward(conn, &state, &header).await;
+        return;
+    }
     let process = match state.process(&header.container_id, &header.exec_id) {
         Ok(p) => p,
         Err(_) => {
@@ -65,6 +69,46 @@ async fn handle(mut conn: BoxConn, state: Arc<AgentState>) {
     };
     if let Err(status) = attach(conn, &process, header.kind).await {
         tracing::debug!(?status, kind = %header.kind, id = %header.container_id, "stream refused");
+    }
+}
+
+/// How long a port forward waits for the guest's port to accept.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Port forward: connects to `127.0.0.1:<port>` in the guest's network
+/// namespace (the pod's) and copies both ways until either side closes.
+async fn forward(mut conn: BoxConn, state: &AgentState, header: &StreamHeader) {
+    let Some(port) = header.forward_port() else {
+        let _ = reply(&mut conn, AttachStatus::BadHeader).await;
+        return;
+    };
+    // Only for a pod this agent runs: the sandbox container must exist.
+    if state.process(&header.container_id, "").is_err() {
+        let _ = reply(&mut conn, AttachStatus::NoSuchProcess).await;
+        return;
+    }
+    let target = tokio::time::timeout(
+        FORWARD_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)),
+    )
+    .await;
+    let mut target = match target {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::debug!(port, error = %e, "port forward: connect failed");
+            let _ = reply(&mut conn, AttachStatus::Unreachable).await;
+            return;
+        }
+        Err(_) => {
+            let _ = reply(&mut conn, AttachStatus::Unreachable).await;
+            return;
+        }
+    };
+    if !reply(&mut conn, AttachStatus::Ok).await {
+        return;
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut conn, &mut target).await {
+        tracing::debug!(port, error = %e, "port forward ended");
     }
 }
 
@@ -132,6 +176,8 @@ async fn attach(mut conn: BoxConn, p: &Process, kind: StreamKind) -> Result<(), 
             tokio::spawn(copy_tty_in(conn_r, w));
             tokio::spawn(copy_output(Box::pin(SplitWrite(conn_w)), r, true));
         }
+        // Handled by `forward` before a process is looked up.
+        StreamKind::PortForward => return refuse(conn, AttachStatus::BadHeader).await,
     }
     Ok(())
 }

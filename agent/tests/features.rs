@@ -244,6 +244,68 @@ async fn containers_of_a_pod_share_its_pid_ipc_and_uts_namespaces() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_reaches_a_port_of_the_pod() {
+    use cocoon_agent_protocol::address::{open_stream, AddressError};
+    use cocoon_agent_protocol::stream_header::{AttachStatus, StreamHeader};
+    use tokio::io::AsyncWriteExt;
+    let a = Agent::start().await;
+    // The pod's network namespace is the agent's (on the host here, the
+    // guest's in a VM): the container shares it and listens on loopback.
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let mut spec = a.spec(
+        "fwd",
+        &[
+            "sh",
+            "-c",
+            &format!("echo pong | nc -l -p {port} 127.0.0.1"),
+        ],
+    );
+    let mut linux = spec.linux().clone().unwrap();
+    let nss = linux.namespaces().clone().unwrap();
+    linux.set_namespaces(Some(
+        nss.into_iter()
+            .filter(|n| n.typ() != LinuxNamespaceType::Network)
+            .collect(),
+    ));
+    spec.set_linux(Some(linux));
+    a.create("fwd", &spec, (false, true, false)).await.unwrap();
+    let out = a.stream("fwd", "", StreamKind::Stdout).await;
+    a.start_c("fwd").await.unwrap();
+
+    // Nothing listens on port 1; an unknown pod is refused.
+    let refused = |r: Result<_, AddressError>| match r {
+        Err(AddressError::Refused(s)) => s,
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("accepted"),
+    };
+    assert_eq!(
+        refused(open_stream(&a.streams, &StreamHeader::port_forward("fwd", 1)).await),
+        AttachStatus::Unreachable
+    );
+    assert_eq!(
+        refused(open_stream(&a.streams, &StreamHeader::port_forward("nope", port)).await),
+        AttachStatus::NoSuchProcess
+    );
+    let mut conn = None;
+    for _ in 0..100 {
+        match open_stream(&a.streams, &StreamHeader::port_forward("fwd", port)).await {
+            Ok(c) => {
+                conn = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let mut conn = conn.expect("the forwarded port never accepted");
+    conn.write_all(b"ping\n").await.unwrap();
+    conn.shutdown().await.unwrap();
+    assert_eq!(read_all(conn).await, "pong\n");
+    assert_eq!(read_all(out).await, "ping\n");
+    a.wait("fwd", "").await.unwrap();
+    a.remove("fwd").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_into_running_container() {
     let a = Agent::start().await;
     a.create(

@@ -5,7 +5,7 @@
 //! | field | size |
 //! | --- | --- |
 //! | magic `CCS1` | 4 |
-//! | kind (0 stdin, 1 stdout, 2 stderr, 3 tty) | 1 |
+//! | kind (0 stdin, 1 stdout, 2 stderr, 3 tty, 4 port forward) | 1 |
 //! | container id length `n` (1..=255) | 1 |
 //! | container id | n |
 //! | exec id length `m` (0..=255, 0 = init) | 1 |
@@ -16,6 +16,12 @@
 //! closes) to give the process EOF. stdout/stderr: the agent writes until the
 //! process and every holder of the pipe have exited and the output is
 //! drained, then closes. tty: both directions on one connection.
+//!
+//! Port forward (CRI `PortForward`): the container id names the pod's
+//! sandbox container, the exec id field carries a TCP port in decimal
+//! (`1`..=`65535`); the agent connects to `127.0.0.1:<port>` in the guest's
+//! network namespace, which every container of a pod with a network shares,
+//! answers `Ok` (or `Unreachable`) and copies both ways.
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -32,6 +38,8 @@ pub enum StreamKind {
     Stderr,
     /// The terminal of a process created with `terminal: true`, both ways.
     Tty,
+    /// A TCP connection to a port of the pod (see the module docs).
+    PortForward,
 }
 
 impl StreamKind {
@@ -41,6 +49,7 @@ impl StreamKind {
             StreamKind::Stdout => 1,
             StreamKind::Stderr => 2,
             StreamKind::Tty => 3,
+            StreamKind::PortForward => 4,
         }
     }
 
@@ -50,6 +59,7 @@ impl StreamKind {
             1 => Some(StreamKind::Stdout),
             2 => Some(StreamKind::Stderr),
             3 => Some(StreamKind::Tty),
+            4 => Some(StreamKind::PortForward),
             _ => None,
         }
     }
@@ -62,6 +72,7 @@ impl std::fmt::Display for StreamKind {
             StreamKind::Stdout => "stdout",
             StreamKind::Stderr => "stderr",
             StreamKind::Tty => "tty",
+            StreamKind::PortForward => "port forward",
         };
         f.write_str(s)
     }
@@ -76,6 +87,8 @@ pub enum AttachStatus {
     /// The process was not created with this stream.
     NotConfigured,
     AlreadyAttached,
+    /// Port forward: nothing accepted the connection in the guest.
+    Unreachable,
 }
 
 impl AttachStatus {
@@ -86,6 +99,7 @@ impl AttachStatus {
             AttachStatus::NoSuchProcess => 2,
             AttachStatus::NotConfigured => 3,
             AttachStatus::AlreadyAttached => 4,
+            AttachStatus::Unreachable => 5,
         }
     }
 
@@ -96,6 +110,7 @@ impl AttachStatus {
             2 => AttachStatus::NoSuchProcess,
             3 => AttachStatus::NotConfigured,
             4 => AttachStatus::AlreadyAttached,
+            5 => AttachStatus::Unreachable,
             _ => AttachStatus::BadHeader,
         }
     }
@@ -148,6 +163,25 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), StreamHeaderErro
 }
 
 impl StreamHeader {
+    /// A port-forward header: `port` of the pod whose sandbox container is
+    /// `sandbox_id`.
+    pub fn port_forward(sandbox_id: &str, port: u16) -> Self {
+        StreamHeader::new(StreamKind::PortForward, sandbox_id, &port.to_string())
+    }
+
+    /// The port of a port-forward header: the exec id field, in decimal,
+    /// 1..=65535 without sign or leading zero.
+    pub fn forward_port(&self) -> Option<u16> {
+        let s = &self.exec_id;
+        if self.kind != StreamKind::PortForward || s.is_empty() || s.starts_with('0') {
+            return None;
+        }
+        if !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse::<u16>().ok()
+    }
+
     pub fn new(kind: StreamKind, container_id: &str, exec_id: &str) -> Self {
         StreamHeader {
             kind,
@@ -232,6 +266,23 @@ mod tests {
         assert_eq!(
             rt().block_on(StreamHeader::read(&mut &bytes[..])).unwrap(),
             init
+        );
+    }
+
+    #[test]
+    fn port_forward_headers_carry_a_port() {
+        let h = StreamHeader::port_forward("pod1", 8080);
+        let bytes = h.encode().unwrap();
+        let got = rt().block_on(StreamHeader::read(&mut &bytes[..])).unwrap();
+        assert_eq!(got.forward_port(), Some(8080));
+        for bad in ["", "0", "080", "65536", "-1", "1a", "99999999999999999999"] {
+            let h = StreamHeader::new(StreamKind::PortForward, "pod1", bad);
+            assert_eq!(h.forward_port(), None, "{bad:?}");
+        }
+        // Not a port-forward header.
+        assert_eq!(
+            StreamHeader::new(StreamKind::Stdout, "c", "80").forward_port(),
+            None
         );
     }
 

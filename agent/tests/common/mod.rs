@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "id", "pwd", "touch", "stty", "dd", "seq", "mkdir", "ls", "ps",
-    "true", "false", "head", "env", "kill", "wc", "tr", "readlink", "hostname",
+    "true", "false", "head", "env", "kill", "wc", "tr", "readlink", "hostname", "nc",
 ];
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
