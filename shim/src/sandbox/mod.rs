@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod local;
 pub mod output;
 pub mod pod_dir;
+pub mod port_forward;
 pub mod process;
 pub mod vm;
 pub mod vmm_jail;
