@@ -1,15 +1,24 @@
 //! What a net device is attached to, and its `--net` command-line form:
-//! `tap=NAME[,mac=xx:xx:xx:xx:xx:xx]`.
+//! `tap=NAME[,mac=xx:xx:xx:xx:xx:xx]` (an existing TAP of this network
+//! namespace) or `fd=N[,mac=...]` (a TAP queue descriptor the caller
+//! opened, possibly in another network namespace, and left open for us).
 
 use std::fmt;
+use std::os::fd::RawFd;
 use std::str::FromStr;
 
 /// Errors in a `--net` specification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetConfigError {
-    /// No `tap=`.
-    #[error("--net needs tap=NAME (got {0:?})")]
+    /// Neither `tap=` nor `fd=`.
+    #[error("--net needs tap=NAME or fd=N (got {0:?})")]
     MissingTap(String),
+    /// Both `tap=` and `fd=`.
+    #[error("--net takes tap=NAME or fd=N, not both")]
+    TapAndFd,
+    /// A descriptor number that is not one, or one of stdin/stdout/stderr.
+    #[error("--net: fd={0:?} is not a descriptor number of 3 or more (0-2 are stdio)")]
+    BadFd(String),
     /// A TAP name the kernel would refuse.
     #[error("--net: tap={0:?} is not an interface name (1-15 characters, no '/', ':' or spaces)")]
     BadTapName(String),
@@ -17,7 +26,7 @@ pub enum NetConfigError {
     #[error("--net: mac={0:?} is not a unicast MAC address like 52:54:00:12:34:56")]
     BadMac(String),
     /// A key we do not know.
-    #[error("--net: unknown option {0:?}; use tap= and mac=")]
+    #[error("--net: unknown option {0:?}; use tap= or fd=, and mac=")]
     UnknownKey(String),
     /// A part without `=`.
     #[error("--net: {0:?} is not key=value")]
@@ -72,11 +81,22 @@ impl MacAddr {
     }
 }
 
+/// Where a net device's frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// An existing TAP interface of this network namespace (`ip tuntap
+    /// add NAME mode tap`), attached to by name.
+    Name(String),
+    /// An open TAP queue descriptor inherited from the caller (who made
+    /// the TAP, e.g. in a pod's network namespace); this process owns it.
+    Fd(RawFd),
+}
+
 /// One virtio-net device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
-    /// An existing TAP interface (`ip tuntap add NAME mode tap`).
-    pub tap: String,
+    /// The TAP.
+    pub tap: TapSource,
     /// The guest's MAC; without it the device offers no `VIRTIO_NET_F_MAC`
     /// and the guest picks a random one.
     pub mac: Option<MacAddr>,
@@ -95,7 +115,7 @@ impl FromStr for NetConfig {
     type Err = NetConfigError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (mut tap, mut mac) = (None, None);
+        let (mut tap, mut fd, mut mac) = (None, None, None);
         for part in spec.split(',') {
             let Some((key, value)) = part.split_once('=') else {
                 return Err(NetConfigError::NotKeyValue(part.to_string()));
@@ -109,6 +129,16 @@ impl FromStr for NetConfig {
                         return Err(NetConfigError::Duplicate("tap"));
                     }
                 }
+                "fd" => {
+                    let n = value
+                        .parse::<RawFd>()
+                        .ok()
+                        .filter(|n| *n >= 3 && value.bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| NetConfigError::BadFd(value.to_string()))?;
+                    if fd.replace(n).is_some() {
+                        return Err(NetConfigError::Duplicate("fd"));
+                    }
+                }
                 "mac" => {
                     if mac.replace(value.parse::<MacAddr>()?).is_some() {
                         return Err(NetConfigError::Duplicate("mac"));
@@ -117,7 +147,12 @@ impl FromStr for NetConfig {
                 _ => return Err(NetConfigError::UnknownKey(key.to_string())),
             }
         }
-        let tap = tap.ok_or_else(|| NetConfigError::MissingTap(spec.to_string()))?;
+        let tap = match (tap, fd) {
+            (Some(name), None) => TapSource::Name(name),
+            (None, Some(fd)) => TapSource::Fd(fd),
+            (Some(_), Some(_)) => return Err(NetConfigError::TapAndFd),
+            (None, None) => return Err(NetConfigError::MissingTap(spec.to_string())),
+        };
         Ok(NetConfig { tap, mac })
     }
 }
@@ -125,7 +160,10 @@ impl FromStr for NetConfig {
 /// The `--net` argument that gives this configuration back.
 impl fmt::Display for NetConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tap={}", self.tap)?;
+        match &self.tap {
+            TapSource::Name(name) => write!(f, "tap={name}")?,
+            TapSource::Fd(fd) => write!(f, "fd={fd}")?,
+        }
         if let Some(mac) = self.mac {
             write!(f, ",mac={mac}")?;
         }
@@ -140,12 +178,23 @@ mod tests {
     #[test]
     fn parses_and_prints_back() {
         let c: NetConfig = "tap=tap0,mac=52:54:00:AB:cd:01".parse().unwrap();
-        assert_eq!(c.tap, "tap0");
+        assert_eq!(c.tap, TapSource::Name("tap0".into()));
         assert_eq!(c.mac, Some(MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 1])));
         assert_eq!(c.to_string(), "tap=tap0,mac=52:54:00:ab:cd:01");
         assert_eq!(c.to_string().parse::<NetConfig>().unwrap(), c);
         assert_eq!("tap=t".parse::<NetConfig>().unwrap().mac, None);
         assert_eq!(MacAddr::local(0x0012_3456).to_string(), "02:c0:c0:12:34:56");
+        let c: NetConfig = "fd=3,mac=02:42:0a:63:00:02".parse().unwrap();
+        assert_eq!(c.tap, TapSource::Fd(3));
+        assert_eq!(c.to_string(), "fd=3,mac=02:42:0a:63:00:02");
+        assert_eq!(c.to_string().parse::<NetConfig>().unwrap(), c);
+        assert_eq!(
+            "mac=02:42:0a:63:00:02,fd=17"
+                .parse::<NetConfig>()
+                .unwrap()
+                .tap,
+            TapSource::Fd(17)
+        );
     }
 
     #[test]
@@ -183,6 +232,15 @@ mod tests {
             err("tap=a,tap=b"),
             NetConfigError::Duplicate("tap")
         ));
+        for fd in ["0", "2", "-1", "x", "", "+4", "99999999999"] {
+            assert!(
+                matches!(err(&format!("fd={fd}")), NetConfigError::BadFd(_)),
+                "fd={fd}"
+            );
+        }
+        assert!(matches!(err("tap=t,fd=3"), NetConfigError::TapAndFd));
+        assert!(matches!(err("fd=3,fd=4"), NetConfigError::Duplicate("fd")));
+        assert!(err("fd=1").to_string().contains("0-2 are stdio"));
         assert!(err("tap=t,mac=zz")
             .to_string()
             .contains("52:54:00:12:34:56"));

@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::config::{MacAddr, NetConfig};
+use super::config::{MacAddr, NetConfig, TapSource};
 use super::tap::{Tap, TapError};
 use super::worker::NetQueues;
 use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt};
@@ -51,10 +51,14 @@ pub struct Net {
 }
 
 impl Net {
-    /// Attach to the TAP `config` names.
+    /// Attach to the TAP `config` names, or take over its descriptor.
     pub fn new(config: &NetConfig) -> Result<Self, NetError> {
+        let tap = match &config.tap {
+            TapSource::Name(name) => Tap::open(name)?,
+            TapSource::Fd(fd) => Tap::from_fd(*fd)?,
+        };
         Ok(Net {
-            tap: Tap::open(&config.tap)?,
+            tap,
             mac: config.mac,
             running: None,
             broken: Arc::new(AtomicBool::new(false)),
