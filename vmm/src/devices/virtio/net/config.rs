@@ -1,7 +1,8 @@
 //! What a net device is attached to, and its `--net` command-line form:
-//! `tap=NAME[,mac=xx:xx:xx:xx:xx:xx]` (an existing TAP of this network
-//! namespace) or `fd=N[,mac=...]` (a TAP queue descriptor the caller
-//! opened, possibly in another network namespace, and left open for us).
+//! `tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,mtu=N]` (an existing TAP of this
+//! network namespace) or `fd=N[,mac=...][,mtu=N]` (a TAP queue descriptor
+//! the caller opened, possibly in another network namespace, and left
+//! open for us).
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -25,8 +26,11 @@ pub enum NetConfigError {
     /// A MAC that does not parse or is multicast/zero.
     #[error("--net: mac={0:?} is not a unicast MAC address like 52:54:00:12:34:56")]
     BadMac(String),
+    /// An MTU out of range.
+    #[error("--net: mtu={0:?} is not a number in 68..=65535")]
+    BadMtu(String),
     /// A key we do not know.
-    #[error("--net: unknown option {0:?}; use tap= or fd=, and mac=")]
+    #[error("--net: unknown option {0:?}; use tap= or fd=, mac= and mtu=")]
     UnknownKey(String),
     /// A part without `=`.
     #[error("--net: {0:?} is not key=value")]
@@ -100,7 +104,15 @@ pub struct NetConfig {
     /// The guest's MAC; without it the device offers no `VIRTIO_NET_F_MAC`
     /// and the guest picks a random one.
     pub mac: Option<MacAddr>,
+    /// The link's MTU, offered as `VIRTIO_NET_F_MTU`: the guest driver
+    /// takes it as its MTU and maximum, and above 1500 posts receive
+    /// buffers large enough for such frames (without it, it posts 1518-byte
+    /// ones, and larger frames from the TAP are dropped).
+    pub mtu: Option<u16>,
 }
+
+/// The smallest MTU the option takes (IPv4's minimum).
+pub const MIN_MTU: u16 = 68;
 
 fn valid_ifname(name: &str) -> bool {
     (1..16).contains(&name.len())
@@ -115,7 +127,7 @@ impl FromStr for NetConfig {
     type Err = NetConfigError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (mut tap, mut fd, mut mac) = (None, None, None);
+        let (mut tap, mut fd, mut mac, mut mtu) = (None, None, None, None);
         for part in spec.split(',') {
             let Some((key, value)) = part.split_once('=') else {
                 return Err(NetConfigError::NotKeyValue(part.to_string()));
@@ -139,6 +151,16 @@ impl FromStr for NetConfig {
                         return Err(NetConfigError::Duplicate("fd"));
                     }
                 }
+                "mtu" => {
+                    let n = value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| *n >= MIN_MTU && value.bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| NetConfigError::BadMtu(value.to_string()))?;
+                    if mtu.replace(n).is_some() {
+                        return Err(NetConfigError::Duplicate("mtu"));
+                    }
+                }
                 "mac" => {
                     if mac.replace(value.parse::<MacAddr>()?).is_some() {
                         return Err(NetConfigError::Duplicate("mac"));
@@ -153,7 +175,7 @@ impl FromStr for NetConfig {
             (Some(_), Some(_)) => return Err(NetConfigError::TapAndFd),
             (None, None) => return Err(NetConfigError::MissingTap(spec.to_string())),
         };
-        Ok(NetConfig { tap, mac })
+        Ok(NetConfig { tap, mac, mtu })
     }
 }
 
@@ -166,6 +188,9 @@ impl fmt::Display for NetConfig {
         }
         if let Some(mac) = self.mac {
             write!(f, ",mac={mac}")?;
+        }
+        if let Some(mtu) = self.mtu {
+            write!(f, ",mtu={mtu}")?;
         }
         Ok(())
     }
@@ -184,9 +209,9 @@ mod tests {
         assert_eq!(c.to_string().parse::<NetConfig>().unwrap(), c);
         assert_eq!("tap=t".parse::<NetConfig>().unwrap().mac, None);
         assert_eq!(MacAddr::local(0x0012_3456).to_string(), "02:c0:c0:12:34:56");
-        let c: NetConfig = "fd=3,mac=02:42:0a:63:00:02".parse().unwrap();
-        assert_eq!(c.tap, TapSource::Fd(3));
-        assert_eq!(c.to_string(), "fd=3,mac=02:42:0a:63:00:02");
+        let c: NetConfig = "fd=3,mac=02:42:0a:63:00:02,mtu=9000".parse().unwrap();
+        assert_eq!((c.tap.clone(), c.mtu), (TapSource::Fd(3), Some(9000)));
+        assert_eq!(c.to_string(), "fd=3,mac=02:42:0a:63:00:02,mtu=9000");
         assert_eq!(c.to_string().parse::<NetConfig>().unwrap(), c);
         assert_eq!(
             "mac=02:42:0a:63:00:02,fd=17"
@@ -239,6 +264,16 @@ mod tests {
             );
         }
         assert!(matches!(err("tap=t,fd=3"), NetConfigError::TapAndFd));
+        for mtu in ["67", "65536", "0", "+1500", "", "1500b"] {
+            assert!(
+                matches!(err(&format!("tap=t,mtu={mtu}")), NetConfigError::BadMtu(_)),
+                "mtu={mtu}"
+            );
+        }
+        assert!(matches!(
+            err("tap=t,mtu=1500,mtu=1400"),
+            NetConfigError::Duplicate("mtu")
+        ));
         assert!(matches!(err("fd=3,fd=4"), NetConfigError::Duplicate("fd")));
         assert!(err("fd=1").to_string().contains("0-2 are stdio"));
         assert!(err("tap=t,mac=zz")

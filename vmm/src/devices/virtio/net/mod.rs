@@ -11,6 +11,8 @@ mod tests;
 mod worker;
 
 pub use config::{MacAddr, NetConfig, NetConfigError, TapSource};
-pub use device::{Net, NetError, NET_QUEUE_SIZE, VIRTIO_ID_NET, VIRTIO_NET_F_MAC};
+pub use device::{
+    Net, NetError, NET_QUEUE_SIZE, VIRTIO_ID_NET, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
+};
 pub use tap::{Tap, TapError};
 pub use worker::{FrameIo, NetQueueError, NetQueues, MAX_DESCRIPTORS, MAX_FRAME_LEN, NET_HDR_LEN};

@@ -407,9 +407,22 @@ fn a_tap_descriptor_is_taken_over_after_checks() {
     use std::os::fd::IntoRawFd;
     in_private_netns(|| {
         let fd = open_tap_fd("ctap1", 0x0002 | 0x1000);
-        let cfg: NetConfig = format!("fd={fd},mac=02:00:00:00:00:01").parse().unwrap();
+        let cfg: NetConfig = format!("fd={fd},mac=02:00:00:00:00:01,mtu=9000")
+            .parse()
+            .unwrap();
         let net = Net::new(&cfg).unwrap();
-        assert_eq!(net.features(), VIRTIO_NET_F_MAC);
+        assert_eq!(net.features(), VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU);
+        // The MTU sits at offset 10 of the config space, after the MAC,
+        // status and max_virtqueue_pairs; reads past the end read nothing.
+        let mut config = [0xffu8; 14];
+        net.read_config(0, &mut config);
+        assert_eq!(config[..6], [2, 0, 0, 0, 0, 1]);
+        assert_eq!(config[6..12], [0, 0, 0, 0, 0x28, 0x23]);
+        assert_eq!(config[12..], [0xff, 0xff]);
+        let mut mtu = [0u8; 2];
+        net.read_config(10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 9000);
+        net.read_config(u64::MAX, &mut mtu);
         // SAFETY: F_GETFL/F_GETFD read flags of the descriptor `net` owns.
         let (fl, fdfl) = unsafe {
             (
