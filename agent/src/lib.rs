@@ -18,6 +18,7 @@ pub mod entry;
 pub mod error_code;
 pub mod helper;
 pub mod listen;
+pub mod network;
 pub mod oom;
 pub mod pid1;
 pub mod reaper;
