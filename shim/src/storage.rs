@@ -401,11 +401,17 @@ pub fn share_container(
     spec.set_mounts(Some(mounts));
 
     // Host namespace paths (a CNI netns, ...) mean nothing in the guest;
-    // the container gets fresh namespaces of those kinds there.
+    // the container gets fresh namespaces of those kinds there. A network
+    // namespace with a path is the pod's: the entry goes, and the
+    // container shares the guest's, where the agent set up the pod's NIC.
     if let Some(linux) = spec.linux_mut() {
         if let Some(nss) = linux.namespaces().clone() {
             let nss = nss
                 .into_iter()
+                .filter(|ns| {
+                    ns.typ() != oci_spec::runtime::LinuxNamespaceType::Network
+                        || ns.path().is_none()
+                })
                 .map(|mut ns| {
                     ns.set_path(None);
                     ns
