@@ -109,7 +109,7 @@ python3 tests/ctr/mkimage.py --busybox "$(command -v busybox || echo /bin/busybo
 jobs=${COCOON_E2E_JOBS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
 case "$kind" in vmx|svm) jobs=1;; esac
 declare -A estimate=(
-  [ctr_run]=150 [shim-task_local]=160 [ctr_host_boundary]=80 [ctr_vmm_jail]=55
+  [ctr_run]=150 [shim-task_local]=160 [ctr_host_boundary]=80 [ctr_vmm_jail]=55 [ctr_pod_network]=50
   [agent-features]=20 [boot]=15 [devices]=12 [agent_boot]=5
 )
 entries=() # "SECONDS<TAB>NAME<TAB>COMMAND"

@@ -19,6 +19,7 @@ pub mod error_code;
 pub mod exec_seccomp;
 pub mod helper;
 pub mod listen;
+pub mod network;
 pub mod oom;
 pub mod pid1;
 pub mod pod_namespaces;

@@ -28,12 +28,15 @@ pub enum SandboxError {
     Sys(&'static str, #[source] nix::Error),
     #[error("removing containers: {0}")]
     Remove(String),
+    #[error("the pod's network")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 impl RpcCode for SandboxError {
     fn rpc_code(&self) -> Code {
         match self {
             SandboxError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            SandboxError::Network(e) => e.rpc_code(),
             _ => Code::INTERNAL,
         }
     }
@@ -47,6 +50,10 @@ pub struct SandboxSetup<'a> {
     pub hosts: Vec<(String, Vec<String>)>,
     pub time_unix_nanos: i64,
     pub share_tag: &'a str,
+    /// The pod's interfaces (from the host's view of the pod's network
+    /// namespace); configured in the agent's network namespace, which the
+    /// containers share.
+    pub interfaces: &'a [cocoon_agent_protocol::agent::Interface],
 }
 
 /// resolv.conf text for the given servers, search domains and options.
@@ -94,6 +101,8 @@ pub fn create_sandbox(state: &AgentState, s: &SandboxSetup<'_>) -> Result<String
     if !s.hostname.is_empty() {
         check_line("hostname", s.hostname)?;
     }
+    // Before any container can run: the pod's address is the guest's.
+    crate::network::configure(s.interfaces)?;
     let dir = state.config.state_dir.join("sandbox");
     std::fs::create_dir_all(&dir).map_err(|e| SandboxError::Io("creating the sandbox dir", e))?;
     let resolv = resolv_conf(s.dns_servers, s.dns_search, s.dns_options);

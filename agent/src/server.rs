@@ -87,6 +87,7 @@ impl agent_ttrpc::Agent for AgentService {
                 .collect(),
             time_unix_nanos: req.guest_time_unix_nanos,
             share_tag: &req.share_tag,
+            interfaces: &req.interfaces,
         };
         let mount_point = map(sandbox::create_sandbox(&self.state, &setup))?;
         let mut r = CreateSandboxResponse::new();

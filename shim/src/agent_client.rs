@@ -88,6 +88,27 @@ macro_rules! poll {
     };
 }
 
+/// An interface in the agent protocol's text form.
+pub fn wire_interface(c: &cocoon_netconf::InterfaceConfig) -> Interface {
+    let mut i = Interface::new();
+    i.mac = c.mac.to_string();
+    i.mtu = c.mtu;
+    i.addresses = c.addresses.iter().map(|a| a.to_string()).collect();
+    i.routes = c
+        .routes
+        .iter()
+        .map(|r| {
+            let mut w = Route::new();
+            w.destination = r.destination.to_string();
+            w.gateway = r.gateway.map(|g| g.to_string()).unwrap_or_default();
+            w.onlink = r.onlink;
+            w.metric = r.metric;
+            w
+        })
+        .collect();
+    i
+}
+
 impl Agent {
     pub async fn connect(
         control: &Address,
@@ -105,10 +126,12 @@ impl Agent {
         &self,
         sandbox_id: &str,
         share_tag: &str,
+        interfaces: &[cocoon_netconf::InterfaceConfig],
     ) -> Result<String, AgentError> {
         let mut r = CreateSandboxRequest::new();
         r.sandbox_id = sandbox_id.into();
         r.share_tag = share_tag.into();
+        r.interfaces = interfaces.iter().map(wire_interface).collect();
         r.guest_time_unix_nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)

@@ -31,6 +31,8 @@ pub fn cleanup_after_killed_shim(cfg: &Config, bundle: &Path, id: &str, pod_id: 
     kill_from_pid_file(&pod.pid_file("vmm"), "cocoon-vmm");
     kill_from_pid_file(&pod.pid_file("virtiofsd"), "virtiofsd");
     kill_from_pid_file(&pod.pid_file("agent"), "cocoon-agent");
+    // The VMM is dead, its TAP with it; the CNI interface's qdisc goes.
+    crate::sandbox::network::teardown(&pod);
     // Local backend: its containers' processes outlive the agent.
     crate::sandbox::local::remove_cgroups(&format!("cocoon-{pod_id}"));
     crate::sandbox::vmm_jail::release(&cfg.run_dir, &pod);

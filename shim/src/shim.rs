@@ -37,9 +37,18 @@ pub fn backend_factory() -> BackendFactory {
         let sandbox_id = p.sandbox_id;
         let cfg = Config::load(p.config_path).map_err(|e| crate::task::rpc_error::chain(&e))?;
         let pod = PodDir::new(&cfg.run_dir, sandbox_id);
+        if matches!(cfg.backend, BackendKind::Local) && p.netns.is_some() {
+            return Err(
+                "backend = \"local\" runs the agent on the host and has no pod \
+                 networking: it cannot take the pod's network namespace"
+                    .into(),
+            );
+        }
         let b: Box<dyn Backend> = match cfg.backend {
             BackendKind::Vm => Box::new(
-                VmBackend::new(cfg, pod).with_cgroups_path(p.cgroups_path.map(str::to_string)),
+                VmBackend::new(cfg, pod)
+                    .with_cgroups_path(p.cgroups_path.map(str::to_string))
+                    .with_netns(p.netns.map(Path::to_path_buf)),
             ),
             BackendKind::Local => Box::new(LocalBackend::new(
                 cfg.agent.clone(),

@@ -401,8 +401,10 @@ pub fn share_container(
     spec.set_mounts(Some(mounts));
 
     // Host namespace paths (a CNI netns, ...) mean nothing in the guest;
-    // the container gets fresh namespaces of those kinds there. Except the
-    // pid, ipc and uts paths of a CRI container, which name its sandbox's:
+    // the container gets fresh namespaces of those kinds there. A network
+    // namespace with a path is the pod's: the entry goes, and the
+    // container shares the guest's, where the agent set up the pod's NIC.
+    // The pid, ipc and uts paths of a CRI container name its sandbox's:
     // the agent joins the sandbox's namespaces of those kinds in the guest
     // (agent/src/pod_namespaces.rs).
     let cri_container = spec
@@ -414,6 +416,7 @@ pub fn share_container(
         if let Some(nss) = linux.namespaces().clone() {
             let nss = nss
                 .into_iter()
+                .filter(|ns| ns.typ() != LinuxNamespaceType::Network || ns.path().is_none())
                 .map(|mut ns| {
                     let pod_kind = matches!(
                         ns.typ(),

@@ -12,7 +12,7 @@ import tarfile
 
 APPLETS = ["sh", "echo", "cat", "sleep", "ls", "env", "pwd", "touch", "true", "false",
            "tty", "stty", "id", "ps", "head", "wc", "dd", "mkdir", "rm", "grep", "kill",
-           "hostname", "uname", "free", "seq", "tr"]
+           "hostname", "uname", "free", "seq", "tr", "httpd", "wget"]
 
 
 def tar_bytes(add):

@@ -91,6 +91,9 @@ pub struct JailConfig {
     pub binds: Vec<(PathBuf, String)>,
     /// `RLIMIT_NOFILE`.
     pub max_open_files: u64,
+    /// Inherited descriptors for the VMM alone (`--net fd=N`): the monitor
+    /// closes its copies at once.
+    pub monitor_closes: Vec<std::os::fd::RawFd>,
 }
 
 /// `RLIMIT_NPROC` for the jailed uid (threads count): the vCPUs, device
@@ -211,6 +214,11 @@ fn set_parent_death_signal() -> Result<(), JailError> {
 }
 
 fn monitor(child: libc::pid_t, cfg: &JailConfig, mode: SeccompMode, _pipe: OwnedFd) -> ! {
+    for fd in &cfg.monitor_closes {
+        // SAFETY: the VMM's inherited descriptors, which the monitor never
+        // uses; closing this process's copies leaves the VMM's open.
+        unsafe { libc::close(*fd) };
+    }
     let fail = |e: JailError| -> ! {
         eprintln!("cocoon-vmm: jail monitor: {e}");
         // SAFETY: kill with a pid we forked.

@@ -11,7 +11,7 @@ use cocoon_vmm::bounded_log::{LineLimiter, RingFile, DEFAULT_LIMIT, DEFAULT_LINE
 use cocoon_vmm::devices::virtio::block::{Block, BlockConfig};
 use cocoon_vmm::devices::virtio::fs::connect_socket;
 use cocoon_vmm::devices::virtio::fs::FsConfig;
-use cocoon_vmm::devices::virtio::net::{Net, NetConfig};
+use cocoon_vmm::devices::virtio::net::{Net, NetConfig, TapSource};
 use cocoon_vmm::devices::virtio::rng::Rng;
 use cocoon_vmm::devices::virtio::VirtioDevice;
 use cocoon_vmm::exit::{
@@ -74,7 +74,10 @@ struct Args {
     /// Repeatable; the guest sees them as /dev/vda, /dev/vdb... in this order.
     #[arg(long, value_name = "SPEC", value_parser = parse_block)]
     block: Vec<BlockConfig>,
-    /// Add a virtio-net device on an existing TAP: tap=NAME[,mac=xx:xx:xx:xx:xx:xx].
+    /// Add a virtio-net device on an existing TAP of this network
+    /// namespace, tap=NAME, or on a TAP queue descriptor left open for us,
+    /// fd=N (single-queue, IFF_NO_PI, no IFF_VNET_HDR; e.g. made by the
+    /// caller in another network namespace): [tap=NAME|fd=N][,mac=xx:xx:xx:xx:xx:xx].
     /// Repeatable (eth0, eth1... in this order).
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetConfig>,
@@ -271,7 +274,19 @@ fn jail_config(args: &Args) -> Option<JailConfig> {
         gid: args.jail_gid.unwrap_or(0),
         binds,
         max_open_files: JAIL_OPEN_FILES,
+        monitor_closes: net_fds(args),
     })
+}
+
+/// The descriptors of `--net fd=N`.
+fn net_fds(args: &Args) -> Vec<std::os::fd::RawFd> {
+    args.net
+        .iter()
+        .filter_map(|n| match n.tap {
+            TapSource::Fd(fd) => Some(fd),
+            TapSource::Name(_) => None,
+        })
+        .collect()
 }
 
 /// Moves every path the VMM opens after entering `jail` to its jail path.
@@ -313,6 +328,14 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
         block_sizes.push(std::fs::metadata(&spec.path).map(|m| m.len()).unwrap_or(0));
         let block = Block::new(spec).context("cannot set up a --block device")?;
         devices.push(Box::new(block));
+    }
+    let mut fds = net_fds(&args);
+    fds.sort_unstable();
+    if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
+        bail!(
+            "--net fd={} is given twice; each descriptor backs one device",
+            w[0]
+        );
     }
     for spec in &args.net {
         let net = Net::new(spec).context("cannot set up a --net device")?;
@@ -612,7 +635,26 @@ mod device_arg_tests {
             "tap=tap0,mac=02:00:00:00:00:01",
         ])
         .unwrap();
-        assert_eq!(args.net[0].tap, "tap0");
+        assert_eq!(args.net[0].tap, TapSource::Name("tap0".into()));
+        let args = Args::try_parse_from([
+            "cocoon-vmm",
+            "--kernel",
+            "/k",
+            "--net",
+            "fd=3,mac=02:42:0a:63:00:02",
+            "--net",
+            "fd=4",
+        ])
+        .unwrap();
+        assert_eq!(net_fds(&args), vec![3, 4]);
+        let err = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", "--net", "fd=2"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0-2 are stdio"), "{err}");
+        let err = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", "--net", "tap=t,fd=3"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not both"), "{err}");
         let err = Args::try_parse_from(["cocoon-vmm", "--kernel", "/k", "--net", "tap=t,mac=1:2"])
             .unwrap_err()
             .to_string();

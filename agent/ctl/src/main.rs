@@ -175,6 +175,8 @@ async fn attach(addr: &Address, id: &str, exec_id: &str, k: StreamKind) -> Resul
         StreamKind::Stdout | StreamKind::Tty => {
             tokio::io::copy(&mut conn, &mut tokio::io::stdout()).await?;
         }
+        // Not a stream name `stream_kind` accepts.
+        StreamKind::PortForward => bail!("port forward is not a process stream"),
         StreamKind::Stderr => {
             tokio::io::copy(&mut conn, &mut tokio::io::stderr()).await?;
         }

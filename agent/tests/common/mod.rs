@@ -96,6 +96,16 @@ pub fn cgroup_exists(rel: &str) -> bool {
 
 impl Agent {
     pub async fn start() -> Agent {
+        Agent::start_in(None).await
+    }
+
+    /// An agent inside the network namespace at `netns` (a file such as
+    /// `/var/run/netns/NAME`), as in a guest whose NIC it configures.
+    pub async fn start_in_netns(netns: &Path) -> Agent {
+        Agent::start_in(Some(netns)).await
+    }
+
+    async fn start_in(netns: Option<&Path>) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("cocoon-agent-test")
             .tempdir()
@@ -109,7 +119,23 @@ impl Agent {
         let exe = std::env::var_os("COCOON_TEST_AGENT_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cocoon-agent")));
-        let child = Command::new(exe)
+        let mut cmd = Command::new(exe);
+        if let Some(path) = netns {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let ns = std::fs::File::open(path).expect("open the network namespace");
+            // SAFETY: setns(2) only, between fork and exec; `ns` is kept
+            // open by the closure (close-on-exec, so the agent never has it).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("--listen")
             .arg(control.to_string())
             .arg("--stream-listen")

@@ -92,6 +92,7 @@ impl Backend for LocalBackend {
             control,
             streams,
             share_tag: String::new(),
+            interfaces: Vec::new(),
         })
     }
 

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod local;
+pub mod network;
 pub mod output;
 pub mod pod_dir;
 pub mod port_forward;
@@ -45,6 +46,8 @@ pub enum SandboxError {
     Timeout(String),
     #[error("the pod cgroup: {0}")]
     Cgroup(String),
+    #[error("the pod's network")]
+    Network(#[from] network::NetworkError),
 }
 
 /// How to reach the agent of a running pod.
@@ -55,6 +58,9 @@ pub struct Endpoints {
     /// virtio-fs tag of the pod share; empty: the agent sees the share dir
     /// directly (local backend).
     pub share_tag: String,
+    /// The pod's interfaces, for the agent to configure (empty: loopback
+    /// only).
+    pub interfaces: Vec<cocoon_netconf::InterfaceConfig>,
 }
 
 /// One pod's isolation boundary and the agent inside it.

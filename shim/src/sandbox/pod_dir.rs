@@ -72,6 +72,11 @@ impl PodDir {
         self.root.join("vmm.stderr")
     }
 
+    /// What the shim made in the pod's network namespace (`network`).
+    pub fn network_record(&self) -> PathBuf {
+        self.root.join("network")
+    }
+
     /// The pod cgroup's path, for teardown after a killed shim.
     pub fn cgroup_record(&self) -> PathBuf {
         self.root.join("cgroup")

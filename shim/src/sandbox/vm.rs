@@ -13,6 +13,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::cgroup::{pod_cgroup_path, spawn_into, PodCgroup};
+use super::network::{self, PodNic};
 use super::output::bounded_output;
 use super::pod_dir::{log_tail, read_ring};
 use super::process::Supervised;
@@ -43,6 +44,12 @@ pub struct VmBackend {
     pod: PodDir,
     /// The sandbox spec's `linux.cgroupsPath`, if any.
     cgroups_path: Option<String>,
+    /// The pod's network namespace (CNI's), if it has one.
+    netns: Option<std::path::PathBuf>,
+    /// The pod's NIC until the VMM has its TAP.
+    nic: Option<PodNic>,
+    /// What the agent configures in the guest.
+    interfaces: Vec<cocoon_netconf::InterfaceConfig>,
     cgroup: Option<PodCgroup>,
     virtiofsd: Option<Supervised>,
     vmm: Option<Supervised>,
@@ -84,6 +91,9 @@ impl VmBackend {
             cfg,
             pod,
             cgroups_path: None,
+            netns: None,
+            nic: None,
+            interfaces: Vec::new(),
             cgroup: None,
             virtiofsd: None,
             vmm: None,
@@ -97,6 +107,13 @@ impl VmBackend {
     /// `linux.cgroupsPath`) instead of `cocoon/<pod>`.
     pub fn with_cgroups_path(mut self, path: Option<String>) -> Self {
         self.cgroups_path = path.filter(|p| !p.is_empty());
+        self
+    }
+
+    /// The pod's VM gets the interface CNI made in `netns` (see
+    /// [`network`]).
+    pub fn with_netns(mut self, netns: Option<std::path::PathBuf>) -> Self {
+        self.netns = netns;
         self
     }
 
@@ -209,6 +226,38 @@ impl VmBackend {
             // A panic or a start-up error, kept for the error message;
             // everything else goes to the bounded --log-file.
             .stderr(stderr.stderr);
+        if let Some(nic) = &self.nic {
+            use std::os::fd::AsRawFd;
+            // The TAP's own descriptor number, inherited: the shim's copy
+            // is close-on-exec, the child's is made inheritable between
+            // fork and exec (no dup2: it could land on another pre_exec's
+            // descriptor).
+            let fd =
+                std::sync::Arc::new(nic.tap.try_clone().map_err(|source| SandboxError::Io {
+                    what: "duplicating the TAP descriptor".into(),
+                    source,
+                })?);
+            let raw = fd.as_raw_fd();
+            let spec = cocoon_vmm::devices::virtio::net::NetConfig {
+                tap: cocoon_vmm::devices::virtio::net::TapSource::Fd(raw),
+                mac: Some(cocoon_vmm::devices::virtio::net::MacAddr(nic.config.mac.0)),
+                // Validated to fit (at most 65535): the guest sizes its
+                // receive buffers by it.
+                mtu: u16::try_from(nic.config.mtu).ok(),
+            };
+            cmd.arg("--net").arg(spec.to_string());
+            // SAFETY: only fcntl(2) between fork and exec, on a descriptor
+            // the closure keeps open.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let _ = &fd;
+                    if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(uid) = self.uid {
             cmd.arg("--jail")
                 .arg(self.pod.jail())
@@ -233,9 +282,22 @@ impl VmBackend {
             self.uid = Some(uid);
         }
         vmm_jail::prepare_dir(&self.pod, self.uid)?;
+        if let Some(netns) = self.netns.clone() {
+            let pod = self.pod.clone();
+            let nic = tokio::task::spawn_blocking(move || network::setup(&pod, &netns))
+                .await
+                .map_err(|e| SandboxError::Io {
+                    what: "setting up the pod's network".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
+            self.nic = Some(nic);
+        }
         self.start_virtiofsd().await?;
         let (cmd, drained) = self.vmm_command()?;
         let vmm = Supervised::spawn("cocoon-vmm", cmd, &self.pod.pid_file("vmm"))?;
+        // The VMM has its copy: with the shim's closed, the TAP lives as
+        // long as the VMM.
+        let config = self.nic.take().map(|n| n.config);
         let mut exited = vmm.exited();
         let dead_tx = self.dead_tx.clone();
         let (stopping, stderr, pod, pid) = (
@@ -258,6 +320,7 @@ impl VmBackend {
             let _ = dead_tx.send(true);
         });
         self.vmm = Some(vmm);
+        self.interfaces = config.into_iter().collect();
         Ok(())
     }
 
@@ -338,6 +401,7 @@ impl Backend for VmBackend {
             control,
             streams,
             share_tag: SHARE_TAG.into(),
+            interfaces: self.interfaces.clone(),
         })
     }
 
@@ -355,6 +419,11 @@ impl Backend for VmBackend {
         if let Some(v) = self.virtiofsd.take() {
             v.stop(Duration::from_secs(3)).await;
         }
+        // The VMM is gone (the TAP with it, unless it lingers: then it is
+        // deleted here); the CNI interface's qdisc goes.
+        self.nic = None;
+        let pod = self.pod.clone();
+        let _ = tokio::task::spawn_blocking(move || network::teardown(&pod)).await;
         if self.cfg.vmm_seccomp == "audit" {
             self.report_audit();
         }

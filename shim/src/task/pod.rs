@@ -58,7 +58,9 @@ impl Pod {
             let ep = backend.start().await?;
             let agent =
                 Agent::connect(&ep.control, &ep.streams, backend.agent_call_timeout()).await?;
-            let share = agent.create_sandbox(id, &ep.share_tag).await?;
+            let share = agent
+                .create_sandbox(id, &ep.share_tag, &ep.interfaces)
+                .await?;
             Ok::<_, PodError>((agent, share, backend.share_flags()))
         }
         .await;

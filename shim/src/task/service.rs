@@ -22,6 +22,7 @@ use super::rpc_error::{self as rpc, from_agent};
 use super::state::{Container, Process};
 use crate::agent_client::AgentError;
 use crate::events::{publish, EventSink};
+use crate::sandbox::network::{PodNetwork, HOST_NETWORK_UNSUPPORTED};
 use crate::sandbox::Backend;
 use crate::stdio::{self, StdioPaths};
 use crate::storage;
@@ -36,6 +37,8 @@ pub struct PodParams<'a> {
     pub config_path: Option<&'a Path>,
     /// The sandbox spec's `linux.cgroupsPath`, if any.
     pub cgroups_path: Option<&'a str>,
+    /// The sandbox spec's network namespace (CNI's), if it names one.
+    pub netns: Option<&'a Path>,
 }
 
 /// Makes the backend of a new pod; the error names the bad config field.
@@ -231,10 +234,16 @@ impl TaskService {
         if !exists {
             let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
             let cgroups_path = cgroups_path.map(|p| p.display().to_string());
+            let netns = match PodNetwork::of(&spec) {
+                PodNetwork::Host => return Err(rpc::invalid(HOST_NETWORK_UNSUPPORTED)),
+                PodNetwork::Netns(p) => Some(p),
+                PodNetwork::Isolated => None,
+            };
             let params = PodParams {
                 sandbox_id: pod_id,
                 config_path: config_path.as_deref(),
                 cgroups_path: cgroups_path.as_deref(),
+                netns: netns.as_deref(),
             };
             let backend = (self.shared.factory)(&params).map_err(rpc::invalid)?;
             let pod = Pod::start(pod_id, backend, self.shared.events.clone())

@@ -1,23 +1,36 @@
 //! What a net device is attached to, and its `--net` command-line form:
-//! `tap=NAME[,mac=xx:xx:xx:xx:xx:xx]`.
+//! `tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,mtu=N]` (an existing TAP of this
+//! network namespace) or `fd=N[,mac=...][,mtu=N]` (a TAP queue descriptor
+//! the caller opened, possibly in another network namespace, and left
+//! open for us).
 
 use std::fmt;
+use std::os::fd::RawFd;
 use std::str::FromStr;
 
 /// Errors in a `--net` specification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetConfigError {
-    /// No `tap=`.
-    #[error("--net needs tap=NAME (got {0:?})")]
+    /// Neither `tap=` nor `fd=`.
+    #[error("--net needs tap=NAME or fd=N (got {0:?})")]
     MissingTap(String),
+    /// Both `tap=` and `fd=`.
+    #[error("--net takes tap=NAME or fd=N, not both")]
+    TapAndFd,
+    /// A descriptor number that is not one, or one of stdin/stdout/stderr.
+    #[error("--net: fd={0:?} is not a descriptor number of 3 or more (0-2 are stdio)")]
+    BadFd(String),
     /// A TAP name the kernel would refuse.
     #[error("--net: tap={0:?} is not an interface name (1-15 characters, no '/', ':' or spaces)")]
     BadTapName(String),
     /// A MAC that does not parse or is multicast/zero.
     #[error("--net: mac={0:?} is not a unicast MAC address like 52:54:00:12:34:56")]
     BadMac(String),
+    /// An MTU out of range.
+    #[error("--net: mtu={0:?} is not a number in 68..=65535")]
+    BadMtu(String),
     /// A key we do not know.
-    #[error("--net: unknown option {0:?}; use tap= and mac=")]
+    #[error("--net: unknown option {0:?}; use tap= or fd=, mac= and mtu=")]
     UnknownKey(String),
     /// A part without `=`.
     #[error("--net: {0:?} is not key=value")]
@@ -72,15 +85,34 @@ impl MacAddr {
     }
 }
 
+/// Where a net device's frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// An existing TAP interface of this network namespace (`ip tuntap
+    /// add NAME mode tap`), attached to by name.
+    Name(String),
+    /// An open TAP queue descriptor inherited from the caller (who made
+    /// the TAP, e.g. in a pod's network namespace); this process owns it.
+    Fd(RawFd),
+}
+
 /// One virtio-net device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
-    /// An existing TAP interface (`ip tuntap add NAME mode tap`).
-    pub tap: String,
+    /// The TAP.
+    pub tap: TapSource,
     /// The guest's MAC; without it the device offers no `VIRTIO_NET_F_MAC`
     /// and the guest picks a random one.
     pub mac: Option<MacAddr>,
+    /// The link's MTU, offered as `VIRTIO_NET_F_MTU`: the guest driver
+    /// takes it as its MTU and maximum, and above 1500 posts receive
+    /// buffers large enough for such frames (without it, it posts 1518-byte
+    /// ones, and larger frames from the TAP are dropped).
+    pub mtu: Option<u16>,
 }
+
+/// The smallest MTU the option takes (IPv4's minimum).
+pub const MIN_MTU: u16 = 68;
 
 fn valid_ifname(name: &str) -> bool {
     (1..16).contains(&name.len())
@@ -95,7 +127,7 @@ impl FromStr for NetConfig {
     type Err = NetConfigError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (mut tap, mut mac) = (None, None);
+        let (mut tap, mut fd, mut mac, mut mtu) = (None, None, None, None);
         for part in spec.split(',') {
             let Some((key, value)) = part.split_once('=') else {
                 return Err(NetConfigError::NotKeyValue(part.to_string()));
@@ -109,6 +141,26 @@ impl FromStr for NetConfig {
                         return Err(NetConfigError::Duplicate("tap"));
                     }
                 }
+                "fd" => {
+                    let n = value
+                        .parse::<RawFd>()
+                        .ok()
+                        .filter(|n| *n >= 3 && value.bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| NetConfigError::BadFd(value.to_string()))?;
+                    if fd.replace(n).is_some() {
+                        return Err(NetConfigError::Duplicate("fd"));
+                    }
+                }
+                "mtu" => {
+                    let n = value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| *n >= MIN_MTU && value.bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| NetConfigError::BadMtu(value.to_string()))?;
+                    if mtu.replace(n).is_some() {
+                        return Err(NetConfigError::Duplicate("mtu"));
+                    }
+                }
                 "mac" => {
                     if mac.replace(value.parse::<MacAddr>()?).is_some() {
                         return Err(NetConfigError::Duplicate("mac"));
@@ -117,17 +169,28 @@ impl FromStr for NetConfig {
                 _ => return Err(NetConfigError::UnknownKey(key.to_string())),
             }
         }
-        let tap = tap.ok_or_else(|| NetConfigError::MissingTap(spec.to_string()))?;
-        Ok(NetConfig { tap, mac })
+        let tap = match (tap, fd) {
+            (Some(name), None) => TapSource::Name(name),
+            (None, Some(fd)) => TapSource::Fd(fd),
+            (Some(_), Some(_)) => return Err(NetConfigError::TapAndFd),
+            (None, None) => return Err(NetConfigError::MissingTap(spec.to_string())),
+        };
+        Ok(NetConfig { tap, mac, mtu })
     }
 }
 
 /// The `--net` argument that gives this configuration back.
 impl fmt::Display for NetConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tap={}", self.tap)?;
+        match &self.tap {
+            TapSource::Name(name) => write!(f, "tap={name}")?,
+            TapSource::Fd(fd) => write!(f, "fd={fd}")?,
+        }
         if let Some(mac) = self.mac {
             write!(f, ",mac={mac}")?;
+        }
+        if let Some(mtu) = self.mtu {
+            write!(f, ",mtu={mtu}")?;
         }
         Ok(())
     }
@@ -140,12 +203,23 @@ mod tests {
     #[test]
     fn parses_and_prints_back() {
         let c: NetConfig = "tap=tap0,mac=52:54:00:AB:cd:01".parse().unwrap();
-        assert_eq!(c.tap, "tap0");
+        assert_eq!(c.tap, TapSource::Name("tap0".into()));
         assert_eq!(c.mac, Some(MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 1])));
         assert_eq!(c.to_string(), "tap=tap0,mac=52:54:00:ab:cd:01");
         assert_eq!(c.to_string().parse::<NetConfig>().unwrap(), c);
         assert_eq!("tap=t".parse::<NetConfig>().unwrap().mac, None);
         assert_eq!(MacAddr::local(0x0012_3456).to_string(), "02:c0:c0:12:34:56");
+        let c: NetConfig = "fd=3,mac=02:42:0a:63:00:02,mtu=9000".parse().unwrap();
+        assert_eq!((c.tap.clone(), c.mtu), (TapSource::Fd(3), Some(9000)));
+        assert_eq!(c.to_string(), "fd=3,mac=02:42:0a:63:00:02,mtu=9000");
+        assert_eq!(c.to_string().parse::<NetConfig>().unwrap(), c);
+        assert_eq!(
+            "mac=02:42:0a:63:00:02,fd=17"
+                .parse::<NetConfig>()
+                .unwrap()
+                .tap,
+            TapSource::Fd(17)
+        );
     }
 
     #[test]
@@ -183,6 +257,25 @@ mod tests {
             err("tap=a,tap=b"),
             NetConfigError::Duplicate("tap")
         ));
+        for fd in ["0", "2", "-1", "x", "", "+4", "99999999999"] {
+            assert!(
+                matches!(err(&format!("fd={fd}")), NetConfigError::BadFd(_)),
+                "fd={fd}"
+            );
+        }
+        assert!(matches!(err("tap=t,fd=3"), NetConfigError::TapAndFd));
+        for mtu in ["67", "65536", "0", "+1500", "", "1500b"] {
+            assert!(
+                matches!(err(&format!("tap=t,mtu={mtu}")), NetConfigError::BadMtu(_)),
+                "mtu={mtu}"
+            );
+        }
+        assert!(matches!(
+            err("tap=t,mtu=1500,mtu=1400"),
+            NetConfigError::Duplicate("mtu")
+        ));
+        assert!(matches!(err("fd=3,fd=4"), NetConfigError::Duplicate("fd")));
+        assert!(err("fd=1").to_string().contains("0-2 are stdio"));
         assert!(err("tap=t,mac=zz")
             .to_string()
             .contains("52:54:00:12:34:56"));

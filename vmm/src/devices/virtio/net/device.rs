@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::config::{MacAddr, NetConfig};
+use super::config::{MacAddr, NetConfig, TapSource};
 use super::tap::{Tap, TapError};
 use super::worker::NetQueues;
 use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt};
@@ -22,6 +22,11 @@ pub const VIRTIO_ID_NET: u32 = 1;
 pub const NET_QUEUE_SIZE: u16 = 256;
 /// `VIRTIO_NET_F_MAC`.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// `VIRTIO_NET_F_MTU`.
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
+/// Where `mtu` is in `struct virtio_net_config` (after mac[6], status and
+/// max_virtqueue_pairs, which we do not offer).
+const CONFIG_MTU_OFFSET: usize = 10;
 
 const STOP: u64 = 0;
 const RX_KICK: u64 = 1;
@@ -46,16 +51,22 @@ struct Running {
 pub struct Net {
     tap: Tap,
     mac: Option<MacAddr>,
+    mtu: Option<u16>,
     running: Option<Running>,
     broken: Arc<AtomicBool>,
 }
 
 impl Net {
-    /// Attach to the TAP `config` names.
+    /// Attach to the TAP `config` names, or take over its descriptor.
     pub fn new(config: &NetConfig) -> Result<Self, NetError> {
+        let tap = match &config.tap {
+            TapSource::Name(name) => Tap::open(name)?,
+            TapSource::Fd(fd) => Tap::from_fd(*fd)?,
+        };
         Ok(Net {
-            tap: Tap::open(&config.tap)?,
+            tap,
             mac: config.mac,
+            mtu: config.mtu,
             running: None,
             broken: Arc::new(AtomicBool::new(false)),
         })
@@ -199,19 +210,32 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
+        let mut f = 0;
         if self.mac.is_some() {
-            VIRTIO_NET_F_MAC
-        } else {
-            0
+            f |= VIRTIO_NET_F_MAC;
         }
+        if self.mtu.is_some() {
+            f |= VIRTIO_NET_F_MTU;
+        }
+        f
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Some(mac) = self.mac else { return };
+        if self.mac.is_none() && self.mtu.is_none() {
+            return;
+        }
+        // mac[6], status (le16), max_virtqueue_pairs (le16), mtu (le16).
+        let mut config = [0u8; CONFIG_MTU_OFFSET + 2];
+        if let Some(mac) = self.mac {
+            config[..6].copy_from_slice(&mac.0);
+        }
+        if let Some(mtu) = self.mtu {
+            config[CONFIG_MTU_OFFSET..].copy_from_slice(&mtu.to_le_bytes());
+        }
         let Ok(start) = usize::try_from(offset) else {
             return;
         };
-        if let Some(src) = mac.0.get(start..) {
+        if let Some(src) = config.get(start..) {
             let n = src.len().min(data.len());
             data[..n].copy_from_slice(&src[..n]);
         }

@@ -1,4 +1,7 @@
-//! Attaching to an existing TAP interface through /dev/net/tun.
+//! Attaching to an existing TAP interface through /dev/net/tun, or taking
+//! over a TAP queue descriptor the caller opened for us (`--net fd=N`:
+//! the shim makes the pod's TAP inside the pod's network namespace, which
+//! this process never joins).
 //!
 //! The TAP is opened with `IFF_TAP | IFF_NO_PI` and **without**
 //! `IFF_VNET_HDR`: we negotiate no offloads, so the 12-byte
@@ -10,12 +13,16 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 
 /// `TUNSETIFF` = `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+/// `TUNGETIFF` = `_IOR('T', 210, unsigned int)`.
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// Errors attaching to a TAP.
@@ -33,6 +40,24 @@ pub enum TapError {
     /// EPERM/EACCES: not ours and no CAP_NET_ADMIN.
     #[error("no permission to attach to TAP {0:?}: run as root (CAP_NET_ADMIN) or create it with `ip tuntap add {0} mode tap user <you>`")]
     Permission(String),
+    /// `fd=N` names no open descriptor.
+    #[error(
+        "--net fd={0}: no such open file descriptor (the caller must leave it open for cocoon-vmm)"
+    )]
+    FdNotOpen(RawFd),
+    /// `fd=N` is open but not a TAP queue.
+    #[error("--net fd={0}: not a TAP device's descriptor")]
+    FdNotTap(RawFd),
+    /// `fd=N` is a TUN, a multi-queue TAP, or uses headers we do not speak.
+    #[error("--net fd={fd}: {name:?} is not a single-queue TAP opened with IFF_NO_PI and without IFF_VNET_HDR (flags {flags:#x})")]
+    FdFlags {
+        /// The descriptor.
+        fd: RawFd,
+        /// The interface it belongs to.
+        name: String,
+        /// Its TUNGETIFF flags.
+        flags: libc::c_short,
+    },
     /// Other failures (a TUN, a multi-queue TAP, busy...).
     #[error("cannot attach to TAP {name:?}")]
     Attach {
@@ -109,6 +134,61 @@ impl Tap {
             file,
             name: name.to_string(),
         })
+    }
+
+    /// Takes over `fd`, a TAP queue descriptor the caller left open for
+    /// this process (`--net fd=N`), after checking that it is one: a
+    /// single-queue TAP with `IFF_NO_PI` and without `IFF_VNET_HDR`. It is
+    /// made non-blocking and close-on-exec. The caller must not use `fd`
+    /// afterwards, nor pass it twice.
+    pub fn from_fd(fd: RawFd) -> Result<Self, TapError> {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(TapError::FdNotOpen(fd));
+        }
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes an ifreq into `req`, which is properly
+        // sized and lives across the call; on anything but a tun queue it
+        // fails without writing.
+        if unsafe { libc::ioctl(fd, TUNGETIFF, &mut req) } < 0 {
+            return Err(TapError::FdNotTap(fd));
+        }
+        let len = req
+            .name
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(req.name.len());
+        let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
+        let flags = req.flags;
+        if flags & IFF_TAP == 0
+            || flags & IFF_NO_PI == 0
+            || flags & (IFF_VNET_HDR | IFF_MULTI_QUEUE) != 0
+        {
+            return Err(TapError::FdFlags { fd, name, flags });
+        }
+        let fail = |name: &str| TapError::Attach {
+            name: name.to_string(),
+            source: io::Error::last_os_error(),
+        };
+        // SAFETY: F_GETFL/F_SETFL/F_SETFD change only this descriptor's flags.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+                return Err(fail(&name));
+            }
+            if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
+                return Err(fail(&name));
+            }
+        }
+        // SAFETY: `fd` is open (checked above) and was inherited for this
+        // device alone: nothing else in this process owns it (the caller
+        // passes each descriptor once, see `from_fd`'s contract).
+        let file = unsafe { File::from_raw_fd(fd) };
+        Ok(Tap { file, name })
     }
 
     /// The interface name.

@@ -383,3 +383,83 @@ fn frames_cross_a_real_tap_both_ways() {
         unsafe { libc::close(sock) };
     });
 }
+
+/// A queue descriptor of TAP `name` opened with `flags` (as the shim opens
+/// the pod's), owned by the caller as a raw fd.
+fn open_tap_fd(name: &str, flags: libc::c_short) -> std::os::fd::RawFd {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    let mut req = [0u8; 40];
+    req[..name.len()].copy_from_slice(name.as_bytes());
+    req[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes a 40-byte ifreq we own.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), 0x4004_54ca, req.as_mut_ptr()) };
+    assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+    file.into_raw_fd()
+}
+
+#[test]
+fn a_tap_descriptor_is_taken_over_after_checks() {
+    use std::os::fd::IntoRawFd;
+    in_private_netns(|| {
+        let fd = open_tap_fd("ctap1", 0x0002 | 0x1000);
+        let cfg: NetConfig = format!("fd={fd},mac=02:00:00:00:00:01,mtu=9000")
+            .parse()
+            .unwrap();
+        let net = Net::new(&cfg).unwrap();
+        assert_eq!(net.features(), VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU);
+        // The MTU sits at offset 10 of the config space, after the MAC,
+        // status and max_virtqueue_pairs; reads past the end read nothing.
+        let mut config = [0xffu8; 14];
+        net.read_config(0, &mut config);
+        assert_eq!(config[..6], [2, 0, 0, 0, 0, 1]);
+        assert_eq!(config[6..12], [0, 0, 0, 0, 0x28, 0x23]);
+        assert_eq!(config[12..], [0xff, 0xff]);
+        let mut mtu = [0u8; 2];
+        net.read_config(10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 9000);
+        net.read_config(u64::MAX, &mut mtu);
+        // SAFETY: F_GETFL/F_GETFD read flags of the descriptor `net` owns.
+        let (fl, fdfl) = unsafe {
+            (
+                libc::fcntl(fd, libc::F_GETFL),
+                libc::fcntl(fd, libc::F_GETFD),
+            )
+        };
+        assert!(fl & libc::O_NONBLOCK != 0 && fdfl & libc::FD_CLOEXEC != 0);
+        drop(net);
+
+        // A number no open file has (other tests open and close files
+        // concurrently, so a just-closed number could be reused).
+        let e = Tap::from_fd(900_000).unwrap_err();
+        assert!(matches!(e, TapError::FdNotOpen(_)), "{e}");
+        assert!(
+            e.to_string().contains("no such open file descriptor"),
+            "{e}"
+        );
+
+        let not_tap = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        let e = Tap::from_fd(not_tap).unwrap_err();
+        assert!(matches!(e, TapError::FdNotTap(_)), "{e}");
+        // A TAP with virtio headers, and a TUN: not what the device speaks.
+        let vnet = open_tap_fd("ctap3", 0x0002 | 0x1000 | 0x4000);
+        let e = Tap::from_fd(vnet).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("\"ctap3\" is not a single-queue TAP"),
+            "{e}"
+        );
+        let tun = open_tap_fd("ctun0", 0x0001 | 0x1000);
+        assert!(matches!(Tap::from_fd(tun), Err(TapError::FdFlags { .. })));
+        // SAFETY: closing descriptors this test still owns (refused above).
+        unsafe {
+            libc::close(not_tap);
+            libc::close(vnet);
+            libc::close(tun);
+        }
+    });
+}
