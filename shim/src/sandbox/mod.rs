@@ -48,6 +48,8 @@ pub enum SandboxError {
     Cgroup(String),
     #[error("the pod's network")]
     Network(#[from] network::NetworkError),
+    #[error("the pod's port forward")]
+    PortForward(#[from] port_forward::PortForwardError),
 }
 
 /// How to reach the agent of a running pod.

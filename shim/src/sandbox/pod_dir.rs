@@ -39,6 +39,14 @@ impl PodDir {
         &self.root
     }
 
+    /// The pod's (sandbox's) id: the directory's name.
+    pub fn id(&self) -> String {
+        self.root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// Exported to the guest over virtio-fs (or given to a local agent):
     /// a read-only view of [`PodDir::private`] (see `storage`).
     pub fn shared(&self) -> PathBuf {

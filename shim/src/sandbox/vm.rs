@@ -16,6 +16,7 @@ use super::cgroup::{pod_cgroup_path, spawn_into, PodCgroup};
 use super::network::{self, PodNic};
 use super::output::bounded_output;
 use super::pod_dir::{log_tail, read_ring};
+use super::port_forward::PortForwarder;
 use super::process::Supervised;
 use super::vmm_jail;
 use super::{Backend, Endpoints, PodDir, SandboxError};
@@ -50,6 +51,8 @@ pub struct VmBackend {
     nic: Option<PodNic>,
     /// What the agent configures in the guest.
     interfaces: Vec<cocoon_netconf::InterfaceConfig>,
+    /// CRI port forward into the pod (pods with a netns).
+    port_forward: Option<PortForwarder>,
     cgroup: Option<PodCgroup>,
     virtiofsd: Option<Supervised>,
     vmm: Option<Supervised>,
@@ -94,6 +97,7 @@ impl VmBackend {
             netns: None,
             nic: None,
             interfaces: Vec::new(),
+            port_forward: None,
             cgroup: None,
             virtiofsd: None,
             vmm: None,
@@ -397,6 +401,15 @@ impl Backend for VmBackend {
             let _ = self.stop().await;
             return Err(e);
         }
+        if let Some(netns) = &self.netns {
+            match PortForwarder::start(netns, streams.clone(), &self.pod.id()) {
+                Ok(f) => self.port_forward = Some(f),
+                Err(e) => {
+                    let _ = self.stop().await;
+                    return Err(e.into());
+                }
+            }
+        }
         Ok(Endpoints {
             control,
             streams,
@@ -409,6 +422,9 @@ impl Backend for VmBackend {
         // The agent's DestroySandbox reboots the guest (reboot=k), which
         // ends the VMM with 0; give it a moment before signalling.
         self.stopping.store(true, Ordering::SeqCst);
+        if let Some(f) = self.port_forward.take() {
+            let _ = tokio::task::spawn_blocking(move || f.stop()).await;
+        }
         if let Some(v) = self.vmm.take() {
             if !v.wait_for(Duration::from_secs(2)).await {
                 v.stop(Duration::from_secs(3)).await;
