@@ -16,7 +16,7 @@ AGENT_BIN   := target/$(STATIC_TRIPLE)/guest/cocoon-agent
 VMM_DEBUG   := target/debug/cocoon-vmm
 VMM_RELEASE := target/release/cocoon-vmm
 
-.PHONY: help deps build build-release kernel initrd lint unit e2e-build e2e test demo bench fuzz-smoke fuzz clean
+.PHONY: help deps build build-release kernel initrd lint unit cri-tools e2e-build e2e test demo bench fuzz-smoke fuzz clean
 
 help:
 	@echo "make demo    install what is missing, build, boot the guest in a cocoon micro-VM"
@@ -24,7 +24,7 @@ help:
 	@echo "make bench   tables: boot time and RSS vs QEMU microvm, vsock, virtio-fs, ctr run and pod memory vs runc, the VMM jail+filters on vs off, agent vs runc"
 	@echo "make fuzz-smoke  build the VMM and shim fuzz targets and run each for FUZZ_SECONDS (10; nightly + ASan when available)"
 	@echo "make fuzz        the same, 300 s a target (FUZZ_SECONDS)"
-	@echo "make deps | build | kernel | initrd | lint | unit | e2e | clean"
+	@echo "make deps | build | kernel | initrd | lint | unit | cri-tools | e2e | clean"
 
 deps:
 	@scripts/deps.sh
@@ -59,7 +59,16 @@ lint:
 unit:
 	python3 -m unittest discover -s rootfs -p 'test_*.py'
 	python3 -m unittest discover -s scripts -p 'test_*.py'
+	python3 -m unittest discover -s tests/ctr -p 'test_*.py'
 	$(CARGO) test --workspace
+
+# crictl and critest for the CRI tests: from PATH, else built once (Go,
+# offline) from the cri-tools source tarball into the cache
+# (scripts/cri-tools.sh). Here, never in the slow test host; `make test`
+# builds them beside the initrd, and tests/run-e2e.sh passes their
+# directory on (COCOON_CRI_TOOLS).
+cri-tools:
+	@scripts/cri-tools.sh >/dev/null
 
 # What the end-to-end tests run (the workspace's binaries, the e2e test
 # binaries), built ahead so that `make test` builds them beside the initrd.
@@ -70,12 +79,12 @@ e2e-build: build
 e2e: kernel initrd build
 	@tests/run-e2e.sh
 
-# lint+unit+e2e-build and initrd+fuzz-smoke build in different cargo output
+# lint+unit+e2e-build and initrd+fuzz-smoke(+cri-tools, Go) build in different output
 # directories: side by side; then, every build done, the sources they were
 # built from are recorded for the next checkout (scripts/target-cache.sh),
 # and the end-to-end tests run.
 test: deps kernel
-	@scripts/side-by-side.sh "lint unit e2e-build" "initrd fuzz-smoke"
+	@scripts/side-by-side.sh "lint unit e2e-build" "initrd fuzz-smoke cri-tools"
 	@scripts/target-cache.sh record
 	@$(MAKE) --no-print-directory e2e
 	@echo "make test: all passed ($$(cat $(BUILD)/e2e-summary.txt 2>/dev/null || echo "no e2e summary"))"

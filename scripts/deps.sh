@@ -14,6 +14,12 @@ packages=(
   util-linux           # flock, script
   libcap-ng-dev libseccomp-dev  # seccomp in the agent (static libseccomp.a); virtiofsd's build
   containerd runc      # the shim's end-to-end tests and make demo; runc is the agent bench's baseline
+  # The CRI tests (tests/ctr/containerd.sh start-cri): Go builds crictl and
+  # critest (scripts/cri-tools.sh); the CNI plugins (bridge, host-local,
+  # loopback, portmap in /usr/lib/cni) and iptables give pods their network;
+  # the distribution registry serves the test images; libc6-dev links the
+  # images' small static helpers (pause, nonewprivs).
+  golang-go containernetworking-plugins iptables docker-registry libc6-dev
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -39,6 +45,44 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "[deps] installing: ${missing[*]}"
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/tmp/cocoon-deps-apt.log 2>&1 \
     || { tail -20 /tmp/cocoon-deps-apt.log >&2; echo "[deps] error: apt-get install failed (log: /tmp/cocoon-deps-apt.log)" >&2; exit 1; }
+fi
+
+# Debian's docker-registry starts and enables a registry service on port
+# 5000; the CRI tests run a registry of their own, so the system one is
+# stopped and disabled (once: quiet when it already is).
+if dpkg-query -W -f '${Status}' docker-registry 2>/dev/null | grep -q 'install ok installed'; then
+  if [ -d /run/systemd/system ]; then
+    if systemctl is-enabled --quiet docker-registry.service 2>/dev/null || systemctl is-active --quiet docker-registry.service; then
+      echo "[deps] stopping and disabling the docker-registry service (the CRI tests run their own registry)"
+      sudo_ systemctl disable --now docker-registry.service >/dev/null 2>&1
+    fi
+  elif compgen -G '/etc/rc[2-5].d/S*docker-registry' >/dev/null; then
+    echo "[deps] stopping and disabling the docker-registry service (the CRI tests run their own registry)"
+    sudo_ update-rc.d docker-registry disable >/dev/null 2>&1
+    sudo_ service docker-registry stop >/dev/null 2>&1 || true
+  fi
+fi
+
+# The CRI test images' busybox (tests/ctr/criimages.py): Debian's `busybox`,
+# whose shell runs commands from PATH as the busybox image critest expects
+# does; busybox-static's runs its own applets without exec'ing them (so a
+# masked /bin/ls still runs). The two packages conflict and the test host
+# needs busybox-static, so this one's binary is unpacked into the cache.
+bb_cache=${COCOON_CACHE:-/var/cache/cocoon}/busybox-deb
+if ! compgen -G "$bb_cache/*/busybox" >/dev/null; then
+  echo "[deps] apt-get download busybox (its binary, for the CRI test images, into $bb_cache)"
+  tmp=$(mktemp -d)
+  if ! (cd "$tmp" && apt-get download -qq busybox >/dev/null 2>&1); then
+    apt_update
+    (cd "$tmp" && apt-get download -qq busybox >/dev/null 2>&1) || { rm -rf "$tmp"; echo "[deps] error: apt-get download busybox failed" >&2; exit 1; }
+  fi
+  deb=$(echo "$tmp"/busybox_*.deb)
+  version=$(dpkg-deb -f "$deb" Version | tr ':' '_')
+  dpkg-deb -x "$deb" "$tmp/x"
+  mkdir -p "$bb_cache/$version.tmp"
+  cp "$tmp/x/bin/busybox" "$bb_cache/$version.tmp/busybox"
+  rm -rf "$tmp" "${bb_cache:?}/$version"
+  mv "$bb_cache/$version.tmp" "$bb_cache/$version"
 fi
 
 # Rust components used by make test.

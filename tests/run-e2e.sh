@@ -92,13 +92,21 @@ export COCOON_VMM=$COCOON_E2E_BIN_DIR/cocoon-vmm
 for b in "$COCOON_VMM" "$COCOON_E2E_BIN_DIR/containerd-shim-cocoon-v2"; do
   [ -x "$b" ] || { echo "e2e: $b is missing: build the $profile profile first" >&2; exit 1; }
 done
-export COCOON_KERNEL=$(readlink -f build/vmlinux)
+COCOON_KERNEL=$(readlink -f build/vmlinux)
+export COCOON_KERNEL
 export COCOON_INITRD=$PWD/build/initrd.cpio
 export COCOON_DEVTEST_INITRD=$PWD/build/devtest-initrd.cpio
 export COCOON_AGENT_INITRD=$PWD/build/agent-initrd.cpio
 # The busybox image of the ctr tests, built once for the whole run.
 export COCOON_E2E_IMAGE_TAR=$PWD/build/e2e-busybox.tar
 python3 tests/ctr/mkimage.py --busybox "$(command -v busybox || echo /bin/busybox)" --out "$COCOON_E2E_IMAGE_TAR"
+# The CRI tests' crictl and critest, built (once, cached) on this host, never
+# in the slow test host; and their images (tests/ctr/criimages.py), built
+# once for the whole run.
+COCOON_CRI_TOOLS=$(scripts/cri-tools.sh)
+export COCOON_CRI_TOOLS
+export COCOON_CRI_IMAGES_TAR=$PWD/build/e2e-cri-images.tar
+python3 tests/ctr/criimages.py build --out "$COCOON_CRI_IMAGES_TAR"
 
 # Sessions: in the test host, one test-host boot each, run side by side
 # (one per core, COCOON_E2E_JOBS). The binaries are dealt out so that the
@@ -109,7 +117,7 @@ python3 tests/ctr/mkimage.py --busybox "$(command -v busybox || echo /bin/busybo
 jobs=${COCOON_E2E_JOBS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
 case "$kind" in vmx|svm) jobs=1;; esac
 declare -A estimate=(
-  [ctr_run]=150 [shim-task_local]=160 [ctr_host_boundary]=80 [ctr_vmm_jail]=55 [ctr_pod_network]=50
+  [ctr_run]=150 [shim-task_local]=160 [ctr_host_boundary]=80 [ctr_vmm_jail]=55 [ctr_pod_network]=50 [cri]=140
   [agent-features]=20 [boot]=15 [devices]=12 [agent_boot]=5
 )
 entries=() # "SECONDS<TAB>NAME<TAB>COMMAND"

@@ -83,6 +83,17 @@ impl Containerd {
 
     /// `start` with extra lines for the shim's config file.
     pub fn start_with(tag: &str, extra_config: &str) -> Containerd {
+        Containerd::start_mode(tag, extra_config, "start")
+    }
+
+    /// containerd with its CRI plugin (`containerd.sh start-cri`): the
+    /// `cocoon` and `runc` runtime handlers, a CNI bridge network, the CRI
+    /// test images in a registry of its own.
+    pub fn start_cri(tag: &str) -> Containerd {
+        Containerd::start_mode(tag, "", "start-cri")
+    }
+
+    fn start_mode(tag: &str, extra_config: &str, verb: &str) -> Containerd {
         let dir = PathBuf::from(format!("/tmp/cocoon-e2e-ctr-{}-{tag}", std::process::id()));
         let run_dir = PathBuf::from(format!("/run/cocoon-e2e-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -123,7 +134,7 @@ impl Containerd {
             ("COCOON_CONFIG".to_string(), cfg_path.display().to_string()),
         ];
         let d = Containerd { dir, run_dir, env };
-        let st = d.script("start");
+        let st = d.script(verb);
         assert!(
             st.status.success(),
             "containerd start: {}",
