@@ -21,7 +21,7 @@ VMM_RELEASE := target/release/cocoon-vmm
 help:
 	@echo "make demo    install what is missing, build, boot the guest in a cocoon micro-VM"
 	@echo "make test    install what is missing, run every test (lint, unit, KVM, end-to-end)"
-	@echo "make bench   tables: boot time and RSS vs QEMU microvm, vsock, virtio-fs, ctr run and pod memory vs runc, the VMM jail+filters on vs off, agent vs runc"
+	@echo "make bench   tables: boot time and RSS vs QEMU microvm, vsock, virtio-fs, ctr run and pod memory vs runc, CRI pod start and pod TCP vs runc, the VMM jail+filters on vs off, agent vs runc"
 	@echo "make fuzz-smoke  build the VMM and shim fuzz targets and run each for FUZZ_SECONDS (10; nightly + ASan when available)"
 	@echo "make fuzz        the same, 300 s a target (FUZZ_SECONDS)"
 	@echo "make deps | build | kernel | initrd | lint | unit | cri-tools | e2e | clean"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # make bench: runs the benches where a Linux guest boots at speed (directly on
 # VT-x/AMD-V, inside the nested test host on PVM) and prints their tables.
-#   tests/bench/run.sh [boot|vsock|fs|ctr|jail|agent ...]   (default: all of them)
+#   tests/bench/run.sh [boot|vsock|fs|ctr|cri|jail|agent ...]   (default: all of them)
 # Knobs: BENCH_RUNS (boot, vsock, fs; default 5), BENCH_VSOCK_MIB (64),
-# BENCH_FS_MIB (256), BENCH_CTR_RUNS (10), BENCH_JAIL_RUNS (5),
+# BENCH_FS_MIB (256), BENCH_CTR_RUNS (10), BENCH_CRI_RUNS (5), BENCH_CRI_MIB (64),
+# BENCH_JAIL_RUNS (5),
 # BENCH_TIMEOUT (test-host seconds per bench, default 3600),
 # COCOON_BENCH_FIRECRACKER (the Firecracker peer; default ../shared/peers/firecracker).
 #
@@ -15,7 +16,7 @@
 # ran and every rerun with the test host's reason.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-all="boot vsock fs ctr jail agent"
+all="boot vsock fs ctr cri jail agent"
 want=" ${*:-$all} "
 for b in $want; do
   [[ " $all " == *" $b "* ]] || { echo "bench: unknown bench '$b' (expected some of: $all)" >&2; exit 2; }
@@ -27,6 +28,7 @@ declare -A bench_args=(
   [vsock]="--vmm $vmm --kernel $kernel --initrd $PWD/build/devtest-initrd.cpio --mib ${BENCH_VSOCK_MIB:-64} --runs ${BENCH_RUNS:-5}"
   [fs]="--vmm $vmm --kernel $kernel --initrd $PWD/build/devtest-initrd.cpio --mib ${BENCH_FS_MIB:-256} --runs ${BENCH_RUNS:-5}"
   [ctr]="--vmm $vmm --kernel $kernel --initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_CTR_RUNS:-10}"
+  [cri]="--vmm $vmm --kernel $kernel --initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_CRI_RUNS:-5} --mib ${BENCH_CRI_MIB:-64} --cri-tools CRI_TOOLS --images-tar $PWD/build/bench-cri-images.tar"
   [jail]="--vmm $vmm --kernel $kernel --initrd $PWD/build/initrd.cpio --agent-initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_JAIL_RUNS:-5}"
 )
 kind=$(scripts/kvm-kind.sh)
@@ -34,6 +36,13 @@ case "$kind" in
   vmx|svm) echo "bench: host KVM is hardware ($kind): running directly" ;;
   *) echo "bench: host KVM is '$kind': running inside the nested test host (QEMU TCG); absolute times are TCG-slowed, compare the ratios" ;;
 esac
+
+# The CRI bench's crictl and images, made here (never in the slow test host).
+if [[ "$want" == *" cri "* ]]; then
+  cri_tools=$(scripts/cri-tools.sh) || exit 1
+  bench_args[cri]=${bench_args[cri]/CRI_TOOLS/$cri_tools}
+  python3 tests/ctr/criimages.py build --out build/bench-cri-images.tar || exit 1
+fi
 
 ran=() failed=() reruns=()
 errlog=$(mktemp /tmp/cocoon-bench-stderr.XXXXXX)
@@ -49,7 +58,7 @@ testhost_reason() {
   echo "${r:-the test host failed (exit 126)}"
 }
 
-for b in boot vsock fs ctr jail; do
+for b in boot vsock fs ctr cri jail; do
   [[ "$want" == *" $b "* ]] || continue
   # shellcheck disable=SC2086 # the arguments are paths without spaces
   case "$kind" in
