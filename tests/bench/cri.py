@@ -10,8 +10,9 @@ between the two handlers:
   "running"); one warm-up run each is not counted;
 - TCP throughput host -> pod: the host sends MiB of zeros to a pod's
   busybox `nc -l` (which closes when it has read everything);
-- TCP throughput pod -> pod: a second pod of the same handler pipes MiB of
-  zeros into `nc` to the first pod's IP, timed by busybox `time` inside it.
+- TCP throughput pod -> pod: a second pod of the same handler pipes
+  --p2p-mib MiB of zeros into `nc` to the first pod's IP, timed by busybox
+  `time` inside it.
 
 Prints markdown tables with medians (and their number of runs) and the
 cocoon/runc ratios; a failed run is listed under the table and makes the
@@ -165,7 +166,9 @@ def main():
     ap.add_argument("--cri-tools", required=True, help="the directory of crictl")
     ap.add_argument("--images-tar", default="")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--mib", type=int, default=64, help="host->pod MiB per run")
+    # busybox `head | nc` between two nested TCG guests moves ~0.2 MiB/s.
+    ap.add_argument("--p2p-mib", type=int, default=8, help="pod->pod MiB per run")
     a = ap.parse_args()
     cfg = f"/tmp/cocoon-bench-cri-{os.getpid()}.toml"
     with open(cfg, "w") as f:
@@ -194,7 +197,7 @@ def main():
                     h2p[h].append(host_to_pod(ip, a.mib))
                     client, client_ctr, _ = cri.pod(h, "echo ready; sleep 1000000")
                     pods.append(client)
-                    p2p[h].append(pod_to_pod(cri, client_ctr, ip, a.mib))
+                    p2p[h].append(pod_to_pod(cri, client_ctr, ip, a.p2p_mib))
                     print(f"bench: cri run {i}/{a.runs}: {h} host->pod {h2p[h][-1]:.1f} MiB/s, "
                           f"pod->pod {p2p[h][-1]:.1f} MiB/s", file=sys.stderr, flush=True)
                 except (RunFailed, subprocess.TimeoutExpired) as e:
@@ -222,7 +225,8 @@ def main():
           f"{common.ratio(med['h2p']['cocoon'], med['h2p']['runc'])} | "
           f"{common.ratio(med['p2p']['cocoon'], med['p2p']['runc'])} |")
     print()
-    print(f"- throughput: {a.mib} MiB of zeros over TCP to a busybox `nc -l` in the pod; host->pod "
+    print(f"- throughput: {a.mib} MiB (host->pod) and {a.p2p_mib} MiB (pod->pod) of zeros over TCP "
+          "to a busybox `nc -l` in the pod; host->pod "
           "timed by the sender here until the sink closed, pod->pod by busybox `time` in the "
           "sending pod; the CNI bridge in between (cocoon: + TAP, tc redirect, virtio-net)")
     failures.report_and_exit()

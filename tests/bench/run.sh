@@ -3,7 +3,7 @@
 # VT-x/AMD-V, inside the nested test host on PVM) and prints their tables.
 #   tests/bench/run.sh [boot|vsock|fs|ctr|cri|jail|agent ...]   (default: all of them)
 # Knobs: BENCH_RUNS (boot, vsock, fs; default 5), BENCH_VSOCK_MIB (64),
-# BENCH_FS_MIB (256), BENCH_CTR_RUNS (10), BENCH_CRI_RUNS (5), BENCH_CRI_MIB (64),
+# BENCH_FS_MIB (256), BENCH_CTR_RUNS (10), BENCH_CRI_RUNS (5), BENCH_CRI_MIB (64), BENCH_CRI_P2P_MIB (8),
 # BENCH_JAIL_RUNS (5),
 # BENCH_TIMEOUT (test-host seconds per bench, default 3600),
 # COCOON_BENCH_FIRECRACKER (the Firecracker peer; default ../shared/peers/firecracker).
@@ -28,7 +28,7 @@ declare -A bench_args=(
   [vsock]="--vmm $vmm --kernel $kernel --initrd $PWD/build/devtest-initrd.cpio --mib ${BENCH_VSOCK_MIB:-64} --runs ${BENCH_RUNS:-5}"
   [fs]="--vmm $vmm --kernel $kernel --initrd $PWD/build/devtest-initrd.cpio --mib ${BENCH_FS_MIB:-256} --runs ${BENCH_RUNS:-5}"
   [ctr]="--vmm $vmm --kernel $kernel --initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_CTR_RUNS:-10}"
-  [cri]="--vmm $vmm --kernel $kernel --initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_CRI_RUNS:-5} --mib ${BENCH_CRI_MIB:-64} --cri-tools CRI_TOOLS --images-tar $PWD/build/bench-cri-images.tar"
+  [cri]="--vmm $vmm --kernel $kernel --initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_CRI_RUNS:-5} --mib ${BENCH_CRI_MIB:-64} --p2p-mib ${BENCH_CRI_P2P_MIB:-8} --cri-tools CRI_TOOLS --images-tar $PWD/build/bench-cri-images.tar"
   [jail]="--vmm $vmm --kernel $kernel --initrd $PWD/build/initrd.cpio --agent-initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_JAIL_RUNS:-5}"
 )
 kind=$(scripts/kvm-kind.sh)
