@@ -53,11 +53,9 @@ async fn readonly_rootfs_refuses_writes() {
     assert!(err.contains("Read-only file system"), "stderr: {err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seccomp_profile_is_applied() {
-    let a = Agent::start().await;
-    let mut spec = a.spec("sc", &["sh", "-c", "mkdir /tmp/d"]);
-    let seccomp = LinuxSeccompBuilder::default()
+/// A profile that allows everything but mkdir/mkdirat (EPERM).
+fn deny_mkdir() -> oci_spec::runtime::LinuxSeccomp {
+    LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
         .syscalls(vec![LinuxSyscallBuilder::default()
             .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
@@ -66,7 +64,14 @@ async fn seccomp_profile_is_applied() {
             .build()
             .unwrap()])
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_profile_is_applied() {
+    let a = Agent::start().await;
+    let mut spec = a.spec("sc", &["sh", "-c", "mkdir /tmp/d"]);
+    let seccomp = deny_mkdir();
     let mut linux = spec.linux().clone().unwrap();
     linux.set_seccomp(Some(seccomp));
     spec.set_linux(Some(linux));
@@ -116,16 +121,7 @@ async fn seccomp_profile_covers_exec_processes() {
     // CAP_SYS_ADMIN it is lent for loading the filter.
     let a = Agent::start().await;
     let mut spec = a.spec("sx", &["sleep", "100"]);
-    let seccomp = LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .syscalls(vec![LinuxSyscallBuilder::default()
-            .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(1u32)
-            .build()
-            .unwrap()])
-        .build()
-        .unwrap();
+    let seccomp = deny_mkdir();
     let mut linux = spec.linux().clone().unwrap();
     linux.set_seccomp(Some(seccomp));
     spec.set_linux(Some(linux));

@@ -311,21 +311,8 @@ fn ctr_pod_network_is_undone_by_the_delete_command_after_a_killed_shim() {
     pod_answers(&net, Duration::from_secs(180))
         .unwrap_or_else(|e| panic!("the pod never answered: {e}"));
     assert!(!net.leftovers().is_empty(), "the TAP and qdisc are there");
-    let shims = c.shim_pids("podnet-orphan");
-    assert_eq!(shims.len(), 1, "the shims serving podnet-orphan: {shims:?}");
-    // SAFETY: kill(2) on our shim's pid; no memory is involved.
-    unsafe { libc::kill(shims[0], libc::SIGKILL) };
     // containerd notices and runs `containerd-shim-cocoon-v2 delete`.
-    let pod = c.run_dir.join("podnet-orphan");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pod.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "delete did not clean the pod {}",
-            pod.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.kill_shim_and_await_delete("podnet-orphan");
     assert_nothing_left(&net, "after delete");
     let _ = c.ctr(&["task", "rm", "podnet-orphan"]);
     assert_eq!(c.ctr(&["container", "rm", "podnet-orphan"]).0, 0);

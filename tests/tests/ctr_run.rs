@@ -367,21 +367,8 @@ fn ctr_killed_shim_is_cleaned_up_by_the_delete_command() {
     require_supported_vmm!();
     let c = Pods::shared(&["orphan"]);
     c.run_detached("orphan");
-    let shims = c.shim_pids("orphan");
-    assert_eq!(shims.len(), 1, "the shims serving orphan: {shims:?}");
-    // SAFETY: kill(2) on our shim's pid; no memory is involved.
-    unsafe { libc::kill(shims[0], libc::SIGKILL) };
     // containerd notices and runs `containerd-shim-cocoon-v2 delete`.
-    let pod = c.run_dir.join("orphan");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pod.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "delete did not clean the pod {}",
-            pod.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.kill_shim_and_await_delete("orphan");
     let _ = c.ctr(&["task", "rm", "orphan"]);
     assert_eq!(c.ctr(&["container", "rm", "orphan"]).0, 0);
     c.assert_clean();

@@ -392,6 +392,26 @@ impl Containerd {
     /// and container, kills the processes that name our run dir and our
     /// shims, unmounts what is left under the run dir, and removes it when
     /// nothing is mounted there any more.
+    /// SIGKILLs the one shim serving `id` and waits (60 s) until
+    /// containerd, noticing, has run `containerd-shim-cocoon-v2 delete` and
+    /// the pod directory is gone.
+    pub fn kill_shim_and_await_delete(&self, id: &str) {
+        let shims = self.shim_pids(id);
+        assert_eq!(shims.len(), 1, "the shims serving {id}: {shims:?}");
+        // SAFETY: kill(2) on our shim's pid; no memory is involved.
+        unsafe { libc::kill(shims[0], libc::SIGKILL) };
+        let pod = self.run_dir.join(id);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pod.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "delete did not clean the pod {}",
+                pod.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn force_cleanup(&self) {
         let (_, ls) = self.ctr_quiet(&["container", "ls", "-q"]);
         let ids: Vec<&str> = ls.split_whitespace().collect();
