@@ -24,7 +24,7 @@ fi
 out=${COCOON_CACHE:-/var/cache/cocoon}/cri-tools/${sha256:0:16}
 if [ -x "$out/crictl" ] && [ -x "$out/critest" ]; then echo "$out"; exit 0; fi
 
-tar=${COCOON_CRI_TOOLS_TAR:-$repo/../shared/vendor/cri-tools-$version.tar.gz}
+tar=${COCOON_CRI_TOOLS_TAR:-$(dirname "$repo")/shared/vendor/cri-tools-$version.tar.gz}
 [ -f "$tar" ] || die "crictl and critest are not on PATH and there is no cri-tools source tarball at $tar.
   Either put crictl and critest (cri-tools v$version, CRI v1) on PATH, or point COCOON_CRI_TOOLS_TAR
   at the cri-tools v$version source tarball (the kubernetes-sigs/cri-tools tag v$version, sha256 $sha256);
@@ -45,6 +45,7 @@ log "building crictl and critest v$version from $tar (once; ~1-2 min on 2 cores)
 tar -xzf "$tar" -C "$work"
 src=$(find "$work" -mindepth 2 -maxdepth 2 -name go.mod -printf '%h\n' | head -n1)
 [ -n "$src" ] || die "$tar holds no Go module"
+# Offline: the vendored modules only, no module proxy, no toolchain download.
 export GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=0 GOTOOLCHAIN=local
 export GOCACHE=${COCOON_CACHE:-/var/cache/cocoon}/cri-tools/gocache GOPATH=$work/gopath
 t0=$(date +%s)

@@ -79,6 +79,7 @@ if ! compgen -G "$bb_cache/*/busybox" >/dev/null; then
   deb=$(echo "$tmp"/busybox_*.deb)
   version=$(dpkg-deb -f "$deb" Version | tr ':' '_')
   dpkg-deb -x "$deb" "$tmp/x"
+  rm -rf "$bb_cache"/*.tmp
   mkdir -p "$bb_cache/$version.tmp"
   cp "$tmp/x/bin/busybox" "$bb_cache/$version.tmp/busybox"
   rm -rf "$tmp" "${bb_cache:?}/$version"

@@ -16,9 +16,10 @@
 #   options' ConfigPath is $COCOON_CONFIG when set) and `runc`
 #   (io.containerd.runc.v2, for comparisons);
 # - pod network: a CNI bridge ($COCOON_CRI_BRIDGE, cocoon-cni0) with host-local
-#   addresses in $COCOON_CRI_SUBNET (10.66.0.0/16), masquerading, portmap and
-#   loopback, from Debian's plugins in /usr/lib/cni; its config, addresses and
-#   network namespaces stay under DIR;
+#   addresses in $COCOON_CRI_SUBNET (10.66.0.0/16), masquerading and host
+#   ports (portmap), from Debian's plugins in /usr/lib/cni (containerd brings
+#   each pod's lo up with the loopback plugin there); its config, addresses
+#   and network namespaces stay under DIR;
 # - images (tests/ctr/criimages.py; the tar COCOON_CRI_IMAGES_TAR names, if
 #   set, else built now): imported into the k8s.io namespace, and the
 #   cocoon.local/... ones also pushed to a registry of our own (Debian's
@@ -26,8 +27,11 @@
 #   cocoon.local/ from over plain HTTP; the pod sandbox image is
 #   cocoon.local/pause:3.9; DIR/critest-images.yaml is critest's
 #   --test-images-file.
-# stop also removes the pods (with crictl, from PATH or $COCOON_CRI_TOOLS),
-# the bridge, and the iptables rules CNI left for the network (tests/ctr/cninet.py).
+# stop first removes the pods through CRI (crictl from PATH or
+# $COCOON_CRI_TOOLS; else, or when that fails, their tasks through ctr),
+# starting a containerd that died again for it; then it also removes the
+# shims left, the registry, the iptables rules CNI made for the network
+# (tests/ctr/cninet.py), the bridge and the network namespaces.
 # One CRI-mode containerd per network namespace at a time: the bridge and
 # the subnet are fixed.
 set -euo pipefail
@@ -210,15 +214,30 @@ YML
   say "ready: crictl --config $dir/crictl.yaml ...; critest --runtime-endpoint unix://$dir/containerd.sock --test-images-file $dir/critest-images.yaml"
 }
 
-# CRI mode: the pods go first, through CRI (CNI tears their network down).
+# CRI mode: the pods go first, through CRI (CNI tears their network down,
+# the shims their containers). A containerd that died is started again for
+# that: it takes its shims back, or cleans up after the dead ones. Without
+# crictl, or when that fails, the pods' tasks are killed through ctr (their
+# network is cleaned up after containerd has stopped).
 remove_pods() {
-  local crictl pid
+  local crictl pid t
+  pid=$(cat "$dir/containerd.pid" 2>/dev/null || true)
+  if [ -f "$dir/config.toml" ] && ! { [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }; then
+    say "containerd is not running: starting it again to remove the pods"
+    ( start_containerd ) || return 0
+  fi
   crictl=$(command -v crictl || true)
   if [ -z "$crictl" ] && [ -x "${COCOON_CRI_TOOLS:-}/crictl" ]; then crictl=$COCOON_CRI_TOOLS/crictl; fi
-  pid=$(cat "$dir/containerd.pid" 2>/dev/null || true)
-  [ -n "$crictl" ] && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ -S "$dir/containerd.sock" ] || return 0
-  timeout 300 "$crictl" --runtime-endpoint "unix://$dir/containerd.sock" --timeout 120s rmp --all --force >/dev/null 2>&1 \
-    || say "removing the pods through CRI failed; cleaning up after them"
+  if [ -z "$crictl" ]; then
+    say "no crictl (PATH, COCOON_CRI_TOOLS): killing the pods' tasks through ctr"
+  elif timeout 300 "$crictl" --runtime-endpoint "unix://$dir/containerd.sock" --timeout 120s rmp --all --force >/dev/null 2>&1; then
+    return 0
+  else
+    say "removing the pods through CRI failed: killing their tasks through ctr"
+  fi
+  for t in $(timeout 60 ctr --address "$dir/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
+    timeout 120 ctr --address "$dir/containerd.sock" -n k8s.io tasks rm -f "$t" >/dev/null 2>&1 || true
+  done
 }
 
 # CRI mode, after containerd: the shims it left (they name its socket), the

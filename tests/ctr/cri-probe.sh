@@ -132,11 +132,28 @@ if [ -n "$cid" ]; then
   sleep 3
   step "ps" "${crictl[@]}" ps -a
   step "logs" "${crictl[@]}" logs "$cid"
-  step "exec -s (ExecSync)" "${crictl[@]}" exec -s "$cid" sh -c 'echo exec-sync ok; hostname; cat /etc/resolv.conf | head -3'
+  step "exec -s (ExecSync)" "${crictl[@]}" exec -s "$cid" sh -c 'echo exec-sync ok; cat /etc/resolv.conf | head -3'
+  # shellcheck disable=SC2016 # expanded by that bash
+  step "the pod's hostname in the container" bash -c 't=$("$@") || exit; echo "$t"
+    [ "$t" = probe-pod ] || { echo "hostname is $t, not the pod'"'"'s probe-pod"; exit 1; }' _ "${crictl[@]}" exec -s "$cid" hostname
   step "exec (streaming)" "${crictl[@]}" exec "$cid" sh -c 'echo exec-stream ok'
-  step "the pod's network, seen from the container" "${crictl[@]}" exec -s "$cid" sh -c 'ip -4 addr show | grep inet; ip -4 route; grep -v "^#" /etc/hosts'
-  step "stats" "${crictl[@]}" stats --id "$cid"
-  step "statsp" "${crictl[@]}" statsp --id "$pod"
+  # The address CNI gave the pod must be the container's.
+  ip=$("${crictl[@]}" inspectp -o go-template --template '{{.status.network.ip}}' "$pod" 2>/dev/null)
+  # shellcheck disable=SC2016 # expanded by that bash
+  step "the pod's IP ($ip) in the container" bash -c 'ip=$1; shift; t=$("$@") || exit; echo "$t"
+    grep -q "inet $ip/" <<<"$t" || { echo "the container has no interface with the pod IP $ip"; exit 1; }' \
+    _ "$ip" "${crictl[@]}" exec -s "$cid" sh -c 'ip -4 addr show; ip -4 route'
+  # A table without the container's (pod's) row is a failure too.
+  # shellcheck disable=SC2016 # expanded by that bash
+  step "stats" bash -c 'id=$1; shift; t=$("$@") || exit; echo "$t"
+    grep -q "^${id:0:13} " <<<"$t" || { echo "no row for the container"; exit 1; }' _ "$cid" "${crictl[@]}" stats --id "$cid"
+  # shellcheck disable=SC2016 # expanded by that bash
+  # (crictl's table leaves out a pod whose CPU and memory are both 0: then
+  # the JSON shows what came back.)
+  step "statsp" bash -c 'id=$1; shift; t=$("$@") || exit; echo "$t"
+    grep -q " ${id:0:13} " <<<"$t" && exit 0
+    "$@" -o json | grep -E "usageCoreNanoSeconds|workingSetBytes" -A2 | grep -E "Nano|Bytes|value" | tr -s " " | paste -sd" "
+    echo "no row for the pod (crictl leaves out a pod whose CPU and memory are both 0)"; exit 1' _ "$pod" "${crictl[@]}" statsp --id "$pod"
   step "stop" "${crictl[@]}" stop "$cid"
   step "rm" "${crictl[@]}" rm "$cid"
 fi
@@ -161,6 +178,11 @@ if [ "$critest_run" = 1 ]; then
   "$tools/critest" "${args[@]}"
   critest_rc=$?
   echo "=== cri-probe: critest ended (exit $critest_rc) after $(( $(date +%s) - s )) s"
+  # critest removes every pod it made: what is still there leaked.
+  echo "=== cri-probe: after critest, pods, cocoon shims and pod directories (nothing expected):"
+  "${crictl[@]}" pods -q
+  pgrep -a -f "containerd-shim-cocoon-v2 .*$ctd/containerd.sock" || true
+  for d in "$run_dir"/*/; do [ -d "$d" ] && echo "pod directory $d"; done
   if [ -n "${COCOON_TESTHOST_RESULTS:-}" ]; then cat "$report"/*.xml >>"$COCOON_TESTHOST_RESULTS" 2>/dev/null; fi
 fi
 
