@@ -11,7 +11,8 @@
 # Nothing can hide a failure:
 # - a test binary that does not build fails the run (cargo's exit status is
 #   checked before any binary is collected);
-# - every binary runs under a deadline (COCOON_E2E_DEADLINE, 900 s): a hang
+# - every binary runs under a deadline (COCOON_E2E_DEADLINE, 900 s; each
+#   half of critest 3300 s): a hang
 #   is that binary's failure, and the session goes on with the next one;
 # - a session is run again only when the test host itself hung (run.sh exit
 #   126: soft lockup or heartbeat stall), at most twice; the rerun keeps the
@@ -120,12 +121,27 @@ declare -A estimate=(
   [ctr_run]=150 [shim-task_local]=160 [ctr_host_boundary]=80 [ctr_vmm_jail]=55 [ctr_pod_network]=50 [cri]=140
   [agent-features]=20 [boot]=15 [devices]=12 [agent_boot]=5
 )
-entries=() # "SECONDS<TAB>NAME<TAB>COMMAND"
+# Tests long enough to be dealt out on their own (NAME:SECONDS:DEADLINE),
+# by binary: critest's two halves take ~20 min each in a test host; the
+# rest of their binary is one entry as usual.
+declare -A split=(
+  [cri]="critest_security_networking_streaming:1300:3300 critest_pods_and_containers:1200:3300"
+)
+entries=() # "SECONDS<TAB>NAME<TAB>DEADLINE<TAB>COMMAND"
 for b in "${bins[@]}"; do
-  entries+=("${estimate[${b%% *}]:-60}"$'\t'"${b%% *}"$'\t'"$(printf '%q' "${b#* }") --test-threads=1")
+  name=${b%% *} exe=$(printf '%q' "${b#* }") rest=""
+  for t in ${split[$name]:-}; do
+    IFS=: read -r test secs test_deadline <<<"$t"
+    # A renamed test must not drop out of this list unnoticed.
+    "${b#* }" --list --exact "$test" | grep -q "^$test: test$" || {
+      echo "e2e: $name has no test $test (named in tests/run-e2e.sh)" >&2; exit 1; }
+    entries+=("$secs"$'\t'"$name $test"$'\t'"$test_deadline"$'\t'"$exe --test-threads=1 --exact $test")
+    rest+=" --skip $test"
+  done
+  entries+=("${estimate[$name]:-60}"$'\t'"$name"$'\t'"$deadline"$'\t'"$exe --test-threads=1$rest")
 done
 for b in "${shim_bins[@]}"; do
-  entries+=("${estimate[${b%% *}]:-60}"$'\t'"${b%% *} (VM backend)"$'\t'"COCOON_SHIM_TEST_BACKEND=vm $(printf '%q' "${b#* }") --test-threads=1")
+  entries+=("${estimate[${b%% *}]:-60}"$'\t'"${b%% *} (VM backend)"$'\t'"$deadline"$'\t'"COCOON_SHIM_TEST_BACKEND=vm $(printf '%q' "${b#* }") --test-threads=1")
 done
 for b in "${agent_bins[@]}"; do
   # A renamed test must not drop out of this list unnoticed.
@@ -133,17 +149,17 @@ for b in "${agent_bins[@]}"; do
   listed=$("${b#* }" --list --exact $agent_cgroup_tests | grep -c ': test$' || true)
   [ "$listed" = "$(wc -w <<<"$agent_cgroup_tests")" ] || {
     echo "e2e: ${b%% *} has $listed of the cgroup-v2 tests named in tests/run-e2e.sh: $agent_cgroup_tests" >&2; exit 1; }
-  entries+=("${estimate[${b%% *}]:-60}"$'\t'"${b%% *} (cgroup v2)"$'\t'"$(printf '%q' "${b#* }") --test-threads=2 --exact $agent_cgroup_tests")
+  entries+=("${estimate[${b%% *}]:-60}"$'\t'"${b%% *} (cgroup v2)"$'\t'"$deadline"$'\t'"$(printf '%q' "${b#* }") --test-threads=2 --exact $agent_cgroup_tests")
 done
 sessions=()
 declare -A budget=() load=()
 for i in $(seq 1 "$jobs"); do sessions+=("$i"); load[$i]=0; budget[$i]=120; done
-while IFS=$'\t' read -r secs name cmd; do
+while IFS=$'\t' read -r secs name limit cmd; do
   best=1
   for i in "${sessions[@]}"; do [ "${load[$i]}" -lt "${load[$best]}" ] && best=$i; done
   load[$best]=$(( ${load[$best]} + secs ))
-  budget[$best]=$(( ${budget[$best]} + deadline ))
-  printf '%s\t%s\t%s\n' "$name" "$deadline" "$cmd" >>"build/e2e-$best.list"
+  budget[$best]=$(( ${budget[$best]} + limit ))
+  printf '%s\t%s\t%s\n' "$name" "$limit" "$cmd" >>"build/e2e-$best.list"
 done < <(printf '%s\n' "${entries[@]}" | sort -t$'\t' -k1,1nr)
 # A job with nothing to do is not a session.
 for i in "${sessions[@]}"; do [ -s "build/e2e-$i.list" ] || unset "load[$i]"; done

@@ -147,7 +147,12 @@ pub fn create_sandbox(state: &AgentState, s: &SandboxSetup<'_>) -> Result<String
             Some(s.share_tag),
             &share,
             Some("virtiofs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            // Not nosuid: the containers' rootfs are below it, and their
+            // set-user-ID binaries must work as under runc (`su`, `ping`,
+            // CRI's allowPrivilegeEscalation). It changes nothing on the
+            // host: the guest is the boundary, the host's binds into the
+            // share are nosuid, and virtiofsd executes nothing.
+            MsFlags::MS_NODEV,
             None::<&str>,
         )
         .map_err(|source| SandboxError::Mount {

@@ -111,6 +111,9 @@ pub fn check_spec(mut spec: Spec, place: &Placement<'_>) -> Result<Spec, SpecErr
             "not supported by the agent",
         ));
     }
+    if let Some(p) = linux.rootfs_propagation().clone() {
+        linux.set_rootfs_propagation(Some(rootfs_propagation(&p)?.to_string()));
+    }
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
         if let Some(p) = ns.path() {
             if !p.exists() {
@@ -144,6 +147,26 @@ pub fn check_spec(mut spec: Spec, place: &Placement<'_>) -> Result<Spec, SpecErr
         }
     }
     Ok(spec)
+}
+
+/// `linux.rootfsPropagation` as libcontainer takes it. runc and containerd
+/// use mount(8)'s names, recursive ones included (CRI sets `rslave` for a
+/// HostToContainer mount, `rshared` for a Bidirectional one); libcontainer
+/// knows only the plain names and always applies them recursively, so an
+/// `rslave` would fail the container's start with "failed to prepare rootfs".
+fn rootfs_propagation(p: &str) -> Result<&'static str, SpecError> {
+    Ok(match p {
+        "shared" | "rshared" => "shared",
+        "slave" | "rslave" => "slave",
+        "private" | "rprivate" => "private",
+        "unbindable" | "runbindable" => "unbindable",
+        other => {
+            return Err(invalid(
+                "linux.rootfsPropagation",
+                format!("{other:?} is not a mount propagation (shared, slave, private, unbindable, or their r- forms)"),
+            ))
+        }
+    })
 }
 
 /// Validates a process (a spec's or an exec's).
@@ -319,6 +342,31 @@ mod tests {
         let json = br#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"bogus"}]}}"#;
         let e = parse::<Spec>("spec", json).unwrap_err();
         assert!(field_of(e).starts_with("spec.linux.namespaces"));
+    }
+
+    #[test]
+    fn rootfs_propagation_takes_mount8_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for (given, want) in [
+            ("rslave", "slave"),
+            ("rshared", "shared"),
+            ("rprivate", "private"),
+            ("runbindable", "unbindable"),
+            ("slave", "slave"),
+        ] {
+            let mut s = spec_with_root(dir.path());
+            let linux = s.linux_mut().as_mut().unwrap();
+            linux.set_rootfs_propagation(Some(given.into()));
+            let s = check_spec(s, &place(dir.path())).unwrap();
+            let got = s.linux().as_ref().unwrap().rootfs_propagation().clone();
+            assert_eq!(got.as_deref(), Some(want), "{given}");
+        }
+        let mut s = spec_with_root(dir.path());
+        let linux = s.linux_mut().as_mut().unwrap();
+        linux.set_rootfs_propagation(Some("sideways".into()));
+        let e = check_spec(s, &place(dir.path())).unwrap_err();
+        assert!(e.to_string().contains("\"sideways\""), "{e}");
+        assert_eq!(field_of(e), "linux.rootfsPropagation");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! ```text
 //! <pod>/private/            bind of itself, shared propagation; never exported
 //! <pod>/private/<id>/rootfs the container's rootfs (bind, ro or rw, nosuid,nodev)
-//! <pod>/private/<id>/mounts/<n>  the spec's n-th mount when it is a bind
+//! <pod>/private/<id>/mounts/<n>  the spec's n-th mount when it is a bind;
+//!                           private, or a slave of its source when the
+//!                           spec asks for rslave (or rshared)
 //! <pod>/shared/             read-only, nosuid,nodev bind of private (slave):
 //!                           what virtiofsd exports; binds made in private
 //!                           propagate into it with their own flags
@@ -26,7 +28,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
-use crate::hostfs::{DetachedMount, Dir, HostFsError, MountAttr};
+use crate::hostfs::{DetachedMount, Dir, HostFsError, MountAttr, Propagation};
 use crate::sandbox::PodDir;
 
 #[derive(Debug, thiserror::Error)]
@@ -288,13 +290,30 @@ pub enum ShareFlags {
 
 impl ShareFlags {
     /// The flags of a bind into the share, read-only when `readonly`.
-    fn bind_attr(self, readonly: bool) -> MountAttr {
+    fn bind_attr(self, readonly: bool, propagation: Propagation) -> MountAttr {
         let hardened = self == ShareFlags::Vm;
         MountAttr {
             readonly,
             nosuid: hardened,
             nodev: hardened,
+            propagation,
         }
+    }
+}
+
+/// What a volume receives of the mounts made later below its host source:
+/// nothing (`rprivate`, a bind's default), or them (`rslave`, CRI's
+/// HostToContainer). `rshared` (Bidirectional) gets the same as `rslave`:
+/// a mount made in the guest cannot come back to the host through
+/// virtio-fs, and none is made on the host on the guest's behalf.
+fn propagation_of(m: &oci_spec::runtime::Mount) -> Propagation {
+    if ["rslave", "slave", "rshared", "shared"]
+        .iter()
+        .any(|o| has_option(m, o))
+    {
+        Propagation::Slave
+    } else {
+        Propagation::Private
     }
 }
 
@@ -358,7 +377,7 @@ pub fn share_container(
             &cdir,
             ROOTFS,
             true,
-            flags.bind_attr(host_ro),
+            flags.bind_attr(host_ro, Propagation::Private),
             true,
         )
         .map_err(|source| StorageError::Bind {
@@ -376,7 +395,7 @@ pub fn share_container(
                     &mdir,
                     &n.to_string(),
                     is_dir,
-                    flags.bind_attr(ro),
+                    flags.bind_attr(ro, propagation_of(m)),
                     recursive,
                 )
                 .map_err(|source| StorageError::Bind {

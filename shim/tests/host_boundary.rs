@@ -294,6 +294,75 @@ fn a_read_only_volume_is_read_only_in_a_namespace_made_before_it() {
     s.teardown();
 }
 
+/// A volume receives the mounts made later below its host source only
+/// when its propagation asks for them (CRI's HostToContainer is `rslave`);
+/// otherwise (`rprivate`, the default) a clone of a shared source would be
+/// its peer and show the guest whatever the host mounts there.
+#[test]
+fn host_mounts_reach_a_volume_only_when_its_propagation_asks() {
+    let s = Scene::new();
+    storage::setup_share(&s.pod, storage::ShareFlags::Vm).unwrap();
+    // The source is a shared mount, as a kubelet's pod volumes are.
+    let src = &s.rw_vol;
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let flags = nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC;
+    nix::mount::mount(Some(src), src, None::<&str>, flags, None::<&str>).unwrap();
+    let shared = nix::mount::MsFlags::MS_SHARED | nix::mount::MsFlags::MS_REC;
+    nix::mount::mount(None::<&str>, src, None::<&str>, shared, None::<&str>).unwrap();
+    let volume = |propagation: &str| {
+        let mut spec = s.spec();
+        let mut m = Mount::default();
+        m.set_destination("/vol".into());
+        m.set_typ(Some("bind".into()));
+        m.set_source(Some(src.clone()));
+        m.set_options(Some(vec!["rbind".into(), propagation.into()]));
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(m);
+        let n = mounts.len() - 1;
+        spec.set_mounts(Some(mounts));
+        (spec, n)
+    };
+    let (mut private_spec, n) = volume("rprivate");
+    let (mut slave_spec, _) = volume("rslave");
+    for (id, spec) in [("c1", &mut private_spec), ("c2", &mut slave_spec)] {
+        let guest = Path::new("/run/share");
+        storage::share_container(spec, &s.bundle, &s.pod, guest, id, storage::ShareFlags::Vm)
+            .unwrap();
+    }
+    // The host mounts a tmpfs below the source, with a file in it.
+    nix::mount::mount(
+        Some("tmpfs"),
+        &src.join("sub"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(src.join("sub/late"), "mounted after the share").unwrap();
+    let seen = |id: &str| {
+        s.pod
+            .shared()
+            .join(format!("{id}/mounts/{n}/sub/late"))
+            .exists()
+    };
+    let (private_sees, slave_sees) = (seen("c1"), seen("c2"));
+    nix::mount::umount2(&src.join("sub"), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    storage::unshare_container(&s.pod, "c1");
+    storage::unshare_container(&s.pod, "c2");
+    nix::mount::umount2(src, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert!(
+        !private_sees,
+        "an rprivate volume received a later host mount"
+    );
+    assert!(
+        slave_sees,
+        "an rslave volume did not receive a later host mount"
+    );
+    std::fs::remove_dir(src.join("sub")).unwrap();
+    s.assert_host_unchanged();
+    s.teardown();
+}
+
 /// Where the shim creates and mounts: `private/<id>`, its `rootfs`, its
 /// `mounts` and `mounts/<n>`. A symlink at any of them must not be
 /// followed.

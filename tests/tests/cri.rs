@@ -83,6 +83,20 @@ fn ok(args: &[&str]) -> String {
     out.trim().to_string()
 }
 
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("crictl's JSON: {e}: {text}"))
+}
+
+/// A CRI counter (`{"value": "123"}`, a uint64 the JSON gives as a string)
+/// at `pointer`; 0 when it is missing.
+fn counter(v: &serde_json::Value, pointer: &str) -> u64 {
+    match v.pointer(&format!("{pointer}/value")) {
+        Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
+        Some(n) => n.as_u64().unwrap_or(0),
+        None => 0,
+    }
+}
+
 fn write_json(dir: &Path, name: &str, text: &str) -> String {
     std::fs::create_dir_all(dir).unwrap();
     let p = dir.join(name);
@@ -255,11 +269,26 @@ fn crictl_pod_lifecycle() {
     let _ = fwd.wait();
     assert_eq!(body, "cocoon-web\n");
 
-    // Numbers from the guest (stats) and from the pod cgroup (statsp).
-    let stats = ok(&["stats", "-o", "json", "--id", &ctr]);
-    assert!(stats.contains("\"workingSetBytes\""), "{stats}");
-    let statsp = ok(&["statsp", "-o", "json", "--id", &pod]);
-    assert!(statsp.contains("\"workingSetBytes\""), "{statsp}");
+    // Numbers from the guest (stats) and from the pod cgroup on the host,
+    // the sandbox's cgroup parent (statsp): that one holds the VMM and
+    // virtiofsd, so it counts more memory than the container alone.
+    let stats = json(&ok(&["stats", "-o", "json", "--id", &ctr]));
+    let ctr_mem = counter(&stats, "/stats/0/memory/workingSetBytes");
+    assert!(
+        counter(&stats, "/stats/0/cpu/usageCoreNanoSeconds") > 0,
+        "{stats}"
+    );
+    assert!(ctr_mem > 0, "{stats}");
+    let statsp = json(&ok(&["statsp", "-o", "json", "--id", &pod]));
+    assert!(
+        counter(&statsp, "/stats/0/linux/cpu/usageCoreNanoSeconds") > 0,
+        "{statsp}"
+    );
+    let pod_mem = counter(&statsp, "/stats/0/linux/memory/workingSetBytes");
+    assert!(
+        pod_mem > ctr_mem,
+        "pod {pod_mem} B <= its container's {ctr_mem} B: {statsp}"
+    );
 
     ok(&["stop", &ctr]);
     ok(&["rm", &ctr]);
@@ -307,4 +336,216 @@ fn two_pods_talk_over_their_ips() {
     assert_eq!(line, "from-pod\n");
     remove_pod(&client);
     remove_pod(&server);
+}
+
+/// What `critest` may not run here, each with the reason a VM runtime
+/// cannot claim it. Every entry must match a test the run skipped.
+const CRITEST_EXCLUDED: &[(&str, &str)] = &[
+    (
+        "HostIpc is true",
+        "the pod's processes run on the guest's kernel: the host's IPC namespace \
+         (its SysV and POSIX IPC objects) cannot be shared with them",
+    ),
+    (
+        "HostNetwork is true",
+        "host network is refused: sharing the host's network stack with a VM means \
+         handing the host's interfaces to the guest",
+    ),
+    (
+        "portforward in host network",
+        "needs a host-network pod (refused, as above)",
+    ),
+    (
+        "mount with 'rshared'",
+        "Bidirectional propagation: a mount made in the guest's kernel cannot appear \
+         on the host (host-to-container propagation, 'rslave', is tested)",
+    ),
+    ("benchmark", "benchmarks, not validation tests"),
+];
+
+/// One critest test case from its JUnit report.
+struct CritestCase {
+    name: String,
+    status: String,
+    secs: f64,
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&#39;", "'")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+fn xml_attr(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(xml_unescape(&tag[start..start + len]))
+}
+
+fn critest_cases(junit: &str) -> Vec<CritestCase> {
+    junit
+        .split("<testcase ")
+        .skip(1)
+        .filter_map(|t| {
+            let tag = format!(" {}", &t[..t.find('>')?]);
+            Some(CritestCase {
+                name: xml_attr(&tag, "name")?,
+                status: xml_attr(&tag, "status")?,
+                secs: xml_attr(&tag, "time")?.parse().ok()?,
+            })
+        })
+        .filter(|c| c.name.starts_with("[It]"))
+        .collect()
+}
+
+/// Runs critest (`--runtime-handler cocoon`) over `groups` (critest's
+/// top-level `[k8s.io] <group>` names), with [`CRITEST_EXCLUDED`] left out;
+/// prints each test's result and the counts, and fails on any failure, on a
+/// run that ran nothing, on a test of these groups skipped without being
+/// excluded here, and on pods or pod directories left behind.
+fn critest(group: &str, groups: &[&str]) {
+    let focus = format!(
+        r"\[k8s\.io\] ({}) ",
+        groups
+            .iter()
+            .map(|g| regex_quote(g))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    let focus = focus.as_str();
+    let c = cri();
+    let sock = format!("unix://{}", c.dir.join("containerd.sock").display());
+    let report = c.dir.join(format!("critest-{group}.xml"));
+    let _ = std::fs::remove_file(&report);
+    let skip = CRITEST_EXCLUDED
+        .iter()
+        .map(|(t, _)| regex_quote(t))
+        .collect::<Vec<_>>()
+        .join("|");
+    let t = Instant::now();
+    let status = Command::new("timeout")
+        .args(["-k", "30", "3000"])
+        .arg(tools().join("critest"))
+        .args(["--runtime-endpoint", &sock, "--image-endpoint", &sock])
+        .args(["--runtime-handler", "cocoon"])
+        .arg("--test-images-file")
+        .arg(c.dir.join("critest-images.yaml"))
+        .args(["--ginkgo.focus", focus, "--ginkgo.skip", &skip])
+        .arg(format!("--ginkgo.junit-report={}", report.display()))
+        .args(["--ginkgo.no-color", "--ginkgo.timeout=50m"])
+        .envs(c.env.iter().cloned())
+        .stdin(Stdio::null())
+        .status()
+        .expect("run critest");
+    let junit = std::fs::read_to_string(&report).unwrap_or_else(|e| {
+        panic!(
+            "critest ({status}) wrote no report {}: {e}",
+            report.display()
+        )
+    });
+    let cases = critest_cases(&junit);
+    let count = |s: &str| cases.iter().filter(|c| c.status == s).count();
+    let (passed, failed, skipped) = (count("passed"), count("failed"), count("skipped"));
+    eprintln!("\ncritest {group} ({focus}), {:.0?}:", t.elapsed());
+    for c in &cases {
+        eprintln!("  {:7} {:5.0} s  {}", c.status, c.secs, c.name);
+    }
+    eprintln!(
+        "critest {group}: {passed} passed, {failed} failed, {skipped} skipped (excluded: {})",
+        CRITEST_EXCLUDED
+            .iter()
+            .map(|(t, why)| format!("\"{t}\": {why}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let other: Vec<_> = cases
+        .iter()
+        .filter(|c| !["passed", "failed", "skipped"].contains(&c.status.as_str()))
+        .map(|c| format!("{}: {}", c.status, c.name))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "critest {group}: tests that did not finish: {other:#?}"
+    );
+    assert_eq!(failed, 0, "critest {group}: {failed} failed (listed above)");
+    assert!(
+        passed > 0,
+        "critest {group}: nothing ran for focus {focus:?}"
+    );
+    assert!(
+        status.success(),
+        "critest {group}: {status} with no failed test"
+    );
+    // A test of these groups that critest skipped is one excluded here.
+    let in_focus = |c: &&CritestCase| {
+        groups
+            .iter()
+            .any(|g| c.name.starts_with(&format!("[It] [k8s.io] {g} ")))
+    };
+    for s in cases
+        .iter()
+        .filter(in_focus)
+        .filter(|c| c.status == "skipped")
+    {
+        assert!(
+            CRITEST_EXCLUDED.iter().any(|(t, _)| s.name.contains(t)),
+            "critest {group} skipped a test that is not excluded: {}",
+            s.name
+        );
+    }
+    // What critest made, it removed: no pod, shim or pod directory is left.
+    let pods = ok(&["pods", "-q"]);
+    assert!(pods.is_empty(), "critest {group} left pods: {pods}");
+    let dirs: Vec<_> = std::fs::read_dir(&c.run_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        dirs.is_empty(),
+        "critest {group} left pod directories: {dirs:?}"
+    );
+}
+
+fn regex_quote(s: &str) -> String {
+    s.chars()
+        .flat_map(|ch| {
+            let special = "\\.+*?()|[]{}^$".contains(ch);
+            special.then_some('\\').into_iter().chain([ch])
+        })
+        .collect()
+}
+
+/// critest's Security Context, Networking and Streaming groups.
+#[test]
+fn critest_security_networking_streaming() {
+    critest(
+        "security-networking-streaming",
+        &["Security Context", "Networking", "Streaming"],
+    );
+}
+
+/// critest's PodSandbox, Container (mount propagation included) and
+/// Multiple Containers groups.
+#[test]
+fn critest_pods_and_containers() {
+    critest(
+        "pods-and-containers",
+        &["PodSandbox", "Container", "Multiple Containers"],
+    );
+}
+
+#[test]
+fn critest_report_parsing() {
+    let junit = r#"<testsuites><testsuite>
+<testcase name="[BeforeSuite]" classname="CRI validation" status="passed" time="0.2"></testcase>
+<testcase name="[It] [k8s.io] mount with &#39;rshared&#39; should" classname="CRI validation" status="skipped" time="0"></testcase>
+<testcase name="[It] [k8s.io] a &amp; b" classname="CRI validation" status="failed" time="41.5"><failure>x</failure></testcase>
+</testsuite></testsuites>"#;
+    let cases = critest_cases(junit);
+    assert_eq!(cases.len(), 2);
+    assert_eq!(cases[0].name, "[It] [k8s.io] mount with 'rshared' should");
+    assert!(cases[0].name.contains(CRITEST_EXCLUDED[3].0));
+    assert_eq!((cases[1].status.as_str(), cases[1].secs), ("failed", 41.5));
+    assert_eq!(regex_quote("a (b)|c."), r"a \(b\)\|c\.");
 }

@@ -11,7 +11,7 @@ mod dir;
 mod mount;
 
 pub use dir::Dir;
-pub use mount::{DetachedMount, MountAttr};
+pub use mount::{DetachedMount, MountAttr, Propagation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostFsError {

@@ -30,12 +30,33 @@ struct MountAttrRaw {
     userns_fd: u64,
 }
 
+/// Whether a bind receives the mounts made below its source on the host
+/// after it was made (a clone of a shared mount would be its peer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// Receives nothing: `rprivate`, the default of a bind.
+    #[default]
+    Private,
+    /// Receives the source's new mounts and sends nothing back: `rslave`.
+    Slave,
+}
+
+impl Propagation {
+    fn bits(self) -> u64 {
+        match self {
+            Propagation::Private => libc::MS_PRIVATE,
+            Propagation::Slave => libc::MS_SLAVE,
+        }
+    }
+}
+
 /// Flags a bind gets before it is attached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MountAttr {
     pub readonly: bool,
     pub nosuid: bool,
     pub nodev: bool,
+    pub propagation: Propagation,
 }
 
 impl MountAttr {
@@ -84,12 +105,13 @@ impl DetachedMount {
         })
     }
 
-    /// Sets `attr` on every mount of the detached tree.
+    /// Sets `attr` (flags and propagation) on every mount of the detached
+    /// tree.
     pub fn set_attr(&self, attr: MountAttr) -> Result<(), HostFsError> {
         let raw = MountAttrRaw {
             attr_set: attr.bits(),
             attr_clr: 0,
-            propagation: 0,
+            propagation: attr.propagation.bits(),
             userns_fd: 0,
         };
         let empty = c"";

@@ -101,6 +101,32 @@ pub fn pod_cgroup_path(spec_path: Option<&str>, pod_id: &str) -> Result<PathBuf,
     Ok(rel)
 }
 
+/// Enables every controller each ancestor of `<root>/<rel>` has in the
+/// children's `cgroup.subtree_control`, as runc does for a container's
+/// cgroup: the pod cgroup then has memory, cpu, io and pids accounting of
+/// its own, and a parent (a CRI sandbox's `cgroup_parent`, which containerd
+/// reads for `ListPodSandboxStats`) counts what the VMM and virtiofsd use.
+/// Best effort: a controller an ancestor cannot delegate (it has processes
+/// of its own, or a controller is not offered) is left as it is.
+fn enable_controllers(root: &Path, rel: &Path) {
+    let mut dir = root.to_path_buf();
+    // Every ancestor of the leaf, the v2 root first; not the leaf itself.
+    for c in rel.components() {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let (available, enabled) = (read("cgroup.controllers"), read("cgroup.subtree_control"));
+        for ctl in available.split_whitespace() {
+            if enabled.split_whitespace().any(|e| e == ctl) {
+                continue;
+            }
+            let control = dir.join("cgroup.subtree_control");
+            if let Err(e) = std::fs::write(&control, format!("+{ctl}")) {
+                tracing::debug!(dir = %dir.display(), ctl, error = %e, "controller not enabled");
+            }
+        }
+        dir.push(c);
+    }
+}
+
 /// A pod's cgroup, and the directories the shim created for it (removed
 /// again at teardown, deepest first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +164,7 @@ impl PodCgroup {
                 break;
             }
         }
+        enable_controllers(&root, rel);
         // The default parent is everyone's: whoever leaves it empty removes it.
         let shared_parent = root.join(DEFAULT_PARENT);
         if path.parent() == Some(shared_parent.as_path()) && !created.contains(&shared_parent) {
