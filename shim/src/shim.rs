@@ -36,6 +36,11 @@ pub fn backend_factory() -> BackendFactory {
     Arc::new(|p: &PodParams| {
         let sandbox_id = p.sandbox_id;
         let cfg = Config::load(p.config_path).map_err(|e| crate::task::rpc_error::chain(&e))?;
+        // Pods whose shim was killed and whose clean-up was cut off.
+        let sweep_cfg = cfg.clone();
+        std::thread::spawn(move || {
+            crate::cleanup::sweep_orphans(&sweep_cfg, crate::cleanup::SWEEP_MIN_AGE)
+        });
         let pod = PodDir::new(&cfg.run_dir, sandbox_id);
         if matches!(cfg.backend, BackendKind::Local) && p.netns.is_some() {
             return Err(

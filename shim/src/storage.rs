@@ -59,6 +59,8 @@ pub enum StorageError {
     Rootfs(String),
     #[error("invalid spec: {0}")]
     Spec(String),
+    #[error("the pod directory {0} is locked by another process (a clean-up after an earlier pod of this id?)")]
+    PodLocked(String),
     #[error("container record {path}: {reason}")]
     Record { path: String, reason: String },
 }

@@ -363,6 +363,47 @@ fn host_mounts_reach_a_volume_only_when_its_propagation_asks() {
     s.teardown();
 }
 
+/// containerd's clean-up after a killed shim is one bounded `delete` per
+/// container; when it is cut off, or never comes, the next shim to start a
+/// pod sweeps: a pod directory whose lock no shim holds, older than a
+/// minute, is destroyed with every container's binds. A locked or a fresh
+/// one is left alone.
+#[test]
+fn a_pod_no_shim_serves_is_swept_and_a_served_one_is_not() {
+    let s = Scene::new();
+    let cfg = Config {
+        run_dir: s.pod.root().parent().unwrap().to_path_buf(),
+        ..Config::default()
+    };
+    storage::setup_share(&s.pod, storage::ShareFlags::Vm).unwrap();
+    s.share("c1").unwrap();
+    s.share("c2").unwrap();
+    // Not a pod directory: never touched.
+    let other = cfg.run_dir.join("vmm-uids");
+    std::fs::create_dir_all(&other).unwrap();
+    let min_age = cocoon_shim::cleanup::SWEEP_MIN_AGE;
+    let sweep = || cocoon_shim::cleanup::sweep_orphans(&cfg, min_age);
+    // Fresh: its shim may not have locked it yet.
+    assert!(sweep().is_empty());
+    let old = std::time::SystemTime::now() - min_age - Duration::from_secs(5);
+    std::fs::File::open(s.pod.root())
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    // Served: the shim holds the lock.
+    let held = s.pod.try_lock().unwrap().expect("the lock is free");
+    assert!(sweep().is_empty());
+    assert!(s.pod.shared().join("c1/rootfs/etc/hostname").exists());
+    // The shim is gone (its lock with it), and no delete came.
+    drop(held);
+    assert_eq!(sweep(), ["pod1"]);
+    assert!(other.is_dir());
+    std::fs::remove_dir(&other).unwrap();
+    s.assert_host_unchanged();
+    assert!(!s.pod.root().exists(), "pod dir left");
+    assert!(!storage::has_mounts_below(s.pod.root()), "mounts left");
+}
+
 /// Where the shim creates and mounts: `private/<id>`, its `rootfs`, its
 /// `mounts` and `mounts/<n>`. A symlink at any of them must not be
 /// followed.

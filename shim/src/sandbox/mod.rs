@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use cocoon_agent_protocol::address::Address;
 use tokio::sync::watch;
 
-pub use pod_dir::PodDir;
+pub use pod_dir::{PodDir, PodLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

@@ -2,6 +2,7 @@
 //! owns on the host, so that one `remove_dir_all` (after unmounting)
 //! leaves nothing behind.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// How much of a log an error message quotes.
@@ -23,6 +24,12 @@ pub fn read_ring(path: &Path) -> Vec<u8> {
     bytes
 }
 
+/// A held pod directory lock ([`PodDir::try_lock`]); released on drop.
+#[derive(Debug)]
+pub struct PodLock {
+    _dir: std::fs::File,
+}
+
 #[derive(Debug, Clone)]
 pub struct PodDir {
     root: PathBuf,
@@ -37,6 +44,40 @@ impl PodDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Takes the pod directory's lock (an exclusive `flock` on the
+    /// directory itself) without waiting: `None` when another process holds
+    /// it. The shim serving the pod holds it for the pod's life, whoever
+    /// cleans up after a killed shim while it cleans up; a directory whose
+    /// lock is free has no shim (see `cleanup::sweep_orphans`).
+    pub fn try_lock(&self) -> std::io::Result<Option<PodLock>> {
+        let dir = std::fs::File::open(&self.root)?;
+        // SAFETY: flock(2) on a descriptor we own; no memory is involved.
+        let r = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(Some(PodLock { _dir: dir }));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+
+    /// As [`PodDir::try_lock`], retrying for up to `limit`.
+    pub fn lock_within(&self, limit: std::time::Duration) -> std::io::Result<Option<PodLock>> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(l) = self.try_lock()? {
+                return Ok(Some(l));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// The pod's (sandbox's) id: the directory's name.

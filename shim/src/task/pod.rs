@@ -42,6 +42,8 @@ pub struct Pod {
     members: Arc<SyncMutex<HashSet<String>>>,
     /// Forwards the agent's OOM events; ends when the agent connection does.
     oom_forwarder: tokio::task::JoinHandle<()>,
+    /// The pod directory's lock, released when the pod is destroyed.
+    _lock: crate::sandbox::PodLock,
 }
 
 impl Pod {
@@ -55,16 +57,27 @@ impl Pod {
         let dir = backend.pod_dir().clone();
         let started = async {
             storage::setup_share(&dir, backend.share_flags())?;
+            // Held for the pod's life: a pod directory whose lock is free
+            // has no shim, and is swept (cleanup::sweep_orphans).
+            let root = dir.root().display().to_string();
+            let lock = dir
+                .try_lock()
+                .map_err(|source| StorageError::Io {
+                    what: "locking the pod directory",
+                    path: root.clone(),
+                    source,
+                })?
+                .ok_or(StorageError::PodLocked(root))?;
             let ep = backend.start().await?;
             let agent =
                 Agent::connect(&ep.control, &ep.streams, backend.agent_call_timeout()).await?;
             let share = agent
                 .create_sandbox(id, &ep.share_tag, &ep.interfaces)
                 .await?;
-            Ok::<_, PodError>((agent, share, backend.share_flags()))
+            Ok::<_, PodError>((agent, share, backend.share_flags(), lock))
         }
         .await;
-        let (agent, share, share_flags) = match started {
+        let (agent, share, share_flags, lock) = match started {
             Ok(v) => v,
             Err(e) => {
                 let _ = backend.stop().await;
@@ -84,6 +97,7 @@ impl Pod {
             containers: SyncMutex::default(),
             members,
             oom_forwarder,
+            _lock: lock,
         })
     }
 
