@@ -118,14 +118,14 @@ python3 tests/ctr/criimages.py build --out "$COCOON_CRI_IMAGES_TAR"
 jobs=${COCOON_E2E_JOBS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
 case "$kind" in vmx|svm) jobs=1;; esac
 declare -A estimate=(
-  [ctr_run]=150 [shim-task_local]=160 [ctr_host_boundary]=80 [ctr_vmm_jail]=55 [ctr_pod_network]=50 [cri]=140
+  [ctr_run]=150 [shim-task_local]=160 [ctr_host_boundary]=80 [ctr_vmm_jail]=55 [ctr_pod_network]=50 [cri]=210
   [agent-features]=20 [boot]=15 [devices]=12 [agent_boot]=5
 )
 # Tests long enough to be dealt out on their own (NAME:SECONDS:DEADLINE),
 # by binary: critest's two halves take ~20 min each in a test host; the
 # rest of their binary is one entry as usual.
 declare -A split=(
-  [cri]="critest_security_networking_streaming:1300:3300 critest_pods_and_containers:1200:3300"
+  [cri]="critest_security_networking_streaming:1200:3300 critest_pods_and_containers:830:3300"
 )
 entries=() # "SECONDS<TAB>NAME<TAB>DEADLINE<TAB>COMMAND"
 for b in "${bins[@]}"; do

@@ -159,6 +159,14 @@ impl Scene {
         }
     }
 
+    /// A shim configuration whose run dir holds the scene's pod.
+    fn config(&self) -> Config {
+        Config {
+            run_dir: self.pod.root().parent().unwrap().to_path_buf(),
+            ..Config::default()
+        }
+    }
+
     fn teardown(&self) {
         cocoon_shim::task::remove_pod_dir(&self.pod);
         assert!(!self.pod.root().exists(), "pod dir left");
@@ -371,10 +379,7 @@ fn host_mounts_reach_a_volume_only_when_its_propagation_asks() {
 #[test]
 fn a_pod_no_shim_serves_is_swept_and_a_served_one_is_not() {
     let s = Scene::new();
-    let cfg = Config {
-        run_dir: s.pod.root().parent().unwrap().to_path_buf(),
-        ..Config::default()
-    };
+    let cfg = s.config();
     storage::setup_share(&s.pod, storage::ShareFlags::Vm).unwrap();
     s.share("c1").unwrap();
     s.share("c2").unwrap();
@@ -573,10 +578,7 @@ fn teardown_unmounts_only_what_it_mounted() {
 #[test]
 fn delete_after_a_killed_shim_kills_the_pod_cgroup_and_removes_everything() {
     let s = Scene::new();
-    let cfg = Config {
-        run_dir: s.pod.root().parent().unwrap().to_path_buf(),
-        ..Config::default()
-    };
+    let cfg = s.config();
     storage::setup_share(&s.pod, storage::ShareFlags::Vm).unwrap();
     s.share("c1").unwrap();
     // The "VMM": a process tree in the pod cgroup, one of them forked off

@@ -35,6 +35,7 @@ REPO = common.REPO
 BUSYBOX = "cocoon.local/e2e-test-images/busybox:1.29-2"
 HANDLERS = ("cocoon", "runc")
 STEP = 300
+PHASES = ("runp", "create", "start", "log")
 
 
 class RunFailed(Exception):
@@ -87,9 +88,12 @@ class Cri:
             "command": ["sh", "-c", script], "log_path": f"{name}.log"})
         t0 = time.monotonic()
         pod_id = self.crictl("runp", "--runtime", handler, pod)
+        t1 = time.monotonic()
         try:
             ctr_id = self.crictl("create", pod_id, ctr, pod)
+            t2 = time.monotonic()
             self.crictl("start", ctr_id)
+            t3 = time.monotonic()
             while "ready" not in self.crictl("logs", ctr_id):
                 if time.monotonic() - t0 > STEP:
                     raise RunFailed("no first log line within 300 s")
@@ -97,7 +101,9 @@ class Cri:
         except RunFailed:
             self.remove(pod_id)
             raise
-        return pod_id, ctr_id, time.monotonic() - t0
+        t4 = time.monotonic()
+        self.phases = {"runp": t1 - t0, "create": t2 - t1, "start": t3 - t2, "log": t4 - t3}
+        return pod_id, ctr_id, t4 - t0
 
     def ip(self, pod_id):
         return self.crictl("inspectp", "-o", "go-template", "--template",
@@ -178,6 +184,7 @@ def main():
     start = {h: [] for h in HANDLERS}
     h2p = {h: [] for h in HANDLERS}
     p2p = {h: [] for h in HANDLERS}
+    phases = {h: {k: [] for k in PHASES} for h in HANDLERS}
     cri = Cri(cfg, a.cri_tools, a.images_tar)
     try:
         cri.crictl("pull", BUSYBOX)
@@ -189,6 +196,8 @@ def main():
                     pods.append(server)
                     if i > 0:
                         start[h].append(took)
+                        for k in PHASES:
+                            phases[h][k].append(cri.phases[k])
                     print(f"bench: cri run {i}/{a.runs}: {h} pod start {took:.2f} s",
                           file=sys.stderr, flush=True)
                     if i == 0:
@@ -224,6 +233,15 @@ def main():
     print(f"| cocoon/runc | {common.ratio(med['start']['cocoon'], med['start']['runc'])} | "
           f"{common.ratio(med['h2p']['cocoon'], med['h2p']['runc'])} | "
           f"{common.ratio(med['p2p']['cocoon'], med['p2p']['runc'])} |")
+    print()
+    print("Where pod start goes (medians, s): `runp` (cocoon: the pod's VM boots, the agent "
+          "answers, the TAP is wired to the CNI interface), `create`, `start`, then until the "
+          "first log line is in `crictl logs`")
+    print()
+    print("| handler | " + " | ".join(PHASES) + " |")
+    print("|---|" + "---|" * len(PHASES))
+    for h in HANDLERS:
+        print(f"| {h} | " + " | ".join(common.cell(common.med(phases[h][k])) for k in PHASES) + " |")
     print()
     print(f"- throughput: {a.mib} MiB (host->pod) and {a.p2p_mib} MiB (pod->pod) of zeros over TCP "
           "to a busybox `nc -l` in the pod; host->pod "
