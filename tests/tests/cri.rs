@@ -14,7 +14,6 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::Containerd;
@@ -25,25 +24,8 @@ const BUSYBOX: &str = "cocoon.local/e2e-test-images/busybox:1.29-2";
 const BRIDGE_IP: &str = "10.66.0.1";
 const STEP: Duration = Duration::from_secs(300);
 
-static CRI: OnceLock<Containerd> = OnceLock::new();
-
 fn cri() -> &'static Containerd {
-    CRI.get_or_init(|| {
-        let c = Containerd::start_cri("cri");
-        // SAFETY: registers a plain `extern "C" fn()` that never unwinds.
-        assert_eq!(unsafe { libc::atexit(stop_cri) }, 0, "atexit");
-        c
-    })
-}
-
-extern "C" fn stop_cri() {
-    if let Some(c) = CRI.get() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = c.script("stop");
-            c.force_cleanup();
-            let _ = std::fs::remove_dir(&c.run_dir);
-        }));
-    }
+    common::shared_cri()
 }
 
 fn tools() -> PathBuf {

@@ -55,12 +55,14 @@ impl Pod {
         events: Arc<dyn EventSink>,
     ) -> Result<Pod, PodError> {
         let dir = backend.pod_dir().clone();
+        // Held for the pod's life, and on a failed start until its clean-up
+        // is done: a pod directory whose lock is free has no shim, and is
+        // swept (cleanup::sweep_orphans).
+        let mut lock = None;
         let started = async {
             storage::setup_share(&dir, backend.share_flags())?;
-            // Held for the pod's life: a pod directory whose lock is free
-            // has no shim, and is swept (cleanup::sweep_orphans).
             let root = dir.root().display().to_string();
-            let lock = dir
+            let held = dir
                 .try_lock()
                 .map_err(|source| StorageError::Io {
                     what: "locking the pod directory",
@@ -68,23 +70,26 @@ impl Pod {
                     source,
                 })?
                 .ok_or(StorageError::PodLocked(root))?;
+            lock = Some(held);
             let ep = backend.start().await?;
             let agent =
                 Agent::connect(&ep.control, &ep.streams, backend.agent_call_timeout()).await?;
             let share = agent
                 .create_sandbox(id, &ep.share_tag, &ep.interfaces)
                 .await?;
-            Ok::<_, PodError>((agent, share, backend.share_flags(), lock))
+            Ok::<_, PodError>((agent, share, backend.share_flags()))
         }
         .await;
-        let (agent, share, share_flags, lock) = match started {
+        let (agent, share, share_flags) = match started {
             Ok(v) => v,
             Err(e) => {
                 let _ = backend.stop().await;
                 remove_pod_dir(&dir);
+                drop(lock);
                 return Err(e);
             }
         };
+        let lock = lock.expect("a started pod holds its directory's lock");
         let members: Arc<SyncMutex<HashSet<String>>> = Arc::default();
         let oom_forwarder = spawn_oom_forwarder(id, agent.clone(), members.clone(), events);
         tracing::info!(pod = id, pid = backend.pid(), share = %share, "pod started");

@@ -476,12 +476,44 @@ pub fn shared() -> &'static Containerd {
 
 extern "C" fn stop_shared() {
     if let Some(c) = SHARED.get() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stop_at_exit(c, false);
+    }
+}
+
+static SHARED_CRI: OnceLock<Containerd> = OnceLock::new();
+
+/// The test binary's CRI-mode containerd (`containerd.sh start-cri`),
+/// started on first use and stopped when the binary exits.
+pub fn shared_cri() -> &'static Containerd {
+    SHARED_CRI.get_or_init(|| {
+        let c = Containerd::start_cri("cri");
+        // SAFETY: registers a plain `extern "C" fn()` that never unwinds.
+        let rc = unsafe { libc::atexit(stop_shared_cri) };
+        assert_eq!(rc, 0, "atexit");
+        c
+    })
+}
+
+extern "C" fn stop_shared_cri() {
+    if let Some(c) = SHARED_CRI.get() {
+        stop_at_exit(c, true);
+    }
+}
+
+/// Stops a shared containerd as the binary exits, never unwinding. In CRI
+/// mode `containerd.sh stop` goes first: it removes the pods through CRI,
+/// which needs containerd; else the leftovers go first.
+fn stop_at_exit(c: &Containerd, cri: bool) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if cri {
+            let _ = c.script("stop");
+            c.force_cleanup();
+        } else {
             c.force_cleanup();
             let _ = c.script("stop");
-            let _ = std::fs::remove_dir(&c.run_dir);
-        }));
-    }
+        }
+        let _ = std::fs::remove_dir(&c.run_dir);
+    }));
 }
 
 /// Stops what an earlier test binary that died without its `atexit` (a
