@@ -122,7 +122,7 @@ declare -A estimate=(
   [agent-features]=20 [boot]=15 [devices]=12 [agent_boot]=5
 )
 # Tests long enough to be dealt out on their own (NAME:SECONDS:DEADLINE),
-# by binary: critest's two halves take ~20 min each in a test host; the
+# by binary: critest's two halves take ~16 and ~10 min in a test host; the
 # rest of their binary is one entry as usual.
 declare -A split=(
   [cri]="critest_security_networking_streaming:1200:3300 critest_pods_and_containers:830:3300"
