@@ -24,6 +24,7 @@ pub mod jail;
 pub mod kvm_probe;
 pub mod rate_limit;
 pub mod seccomp;
+pub mod snapshot;
 #[cfg(debug_assertions)]
 pub mod test_trigger;
 pub mod threads;
@@ -36,4 +37,4 @@ pub use config::{
 };
 pub use exit::ExitReason;
 pub use kvm_probe::{probe as probe_kvm, KvmFlavor};
-pub use vmm::{Vmm, VmmBuilder, VmmError};
+pub use vmm::{RunningVm, Vmm, VmmBuilder, VmmError};

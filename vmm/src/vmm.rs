@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,17 +21,22 @@ use crate::cmdline::MmioDeclaration;
 use crate::config::{BootSource, ConfigError, SerialOutput, VmConfig};
 use crate::devices::bus::{Bus, BusError, SharedDevice};
 use crate::devices::i8042::I8042;
-use crate::devices::serial::{spawn_stdin_feeder, SerialDevice};
+use crate::devices::serial::{spawn_stdin_feeder, SerialDevice, SerialStateError};
 use crate::devices::virtio::fs::{Fs, FsConfig, FsError};
 use crate::devices::virtio::mmio::regs;
 use crate::devices::virtio::{MmioTransport, VirtioDevice, VirtioInterrupt};
 use crate::exit::{ExitReason, ExitState};
 use crate::kvm_probe::{self, KvmFlavor};
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
+use crate::snapshot::{self, SnapshotError, VmSnapshot};
 use crate::threads::{self, ThreadError};
 use crate::vstate::memory::{create_guest_ram, GuestRam, MemoryError};
+use crate::vstate::memory_image::{self, ImageStats, MemoryImageError};
+use crate::vstate::pause::{PauseError, PauseGate};
 use crate::vstate::vcpu::{install_kick_handler, kick_signal, Vcpu, VcpuError};
+use crate::vstate::vcpu_state::{VcpuState, VcpuStateError};
 use crate::vstate::vm::{KvmError, Vm};
+use crate::vstate::vm_state::{VmState, VmStateError};
 
 /// How long `run` waits for vCPU threads to leave `KVM_RUN` after a stop.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,6 +101,39 @@ pub enum VmmError {
     /// The device workers could not be made.
     #[error(transparent)]
     Workers(#[from] ThreadError),
+    /// The snapshot's VM and the configuration differ.
+    #[error("the snapshot in {dir} has {what} = {saved}, the configuration asks for {asked}")]
+    SnapshotMismatch {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// What differs.
+        what: &'static str,
+        /// The snapshot's value.
+        saved: u64,
+        /// The configuration's value.
+        asked: u64,
+    },
+    /// Device state cannot be saved yet.
+    #[error("the VM has {0} virtio device(s), whose state cannot be saved yet")]
+    SnapshotDevices(usize),
+    /// The snapshot's state file.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The snapshot's memory image.
+    #[error(transparent)]
+    MemoryImage(#[from] MemoryImageError),
+    /// VM-wide KVM state.
+    #[error(transparent)]
+    VmState(#[from] VmStateError),
+    /// A vCPU's KVM state.
+    #[error(transparent)]
+    VcpuState(#[from] VcpuStateError),
+    /// Pausing the vCPUs.
+    #[error(transparent)]
+    Pause(#[from] PauseError),
+    /// The snapshot's serial port.
+    #[error(transparent)]
+    SerialState(#[from] SerialStateError),
     /// Spawning a thread failed.
     #[error("cannot spawn the {what} thread")]
     Thread {
@@ -130,6 +169,8 @@ pub struct VmmBuilder {
     virtio: Vec<MmioDeclaration>,
     /// The worker thread kind of each virtio device that has one.
     workers: Vec<ThreadKind>,
+    /// Set when the VM continues from a snapshot instead of booting.
+    snapshot: Option<VmSnapshot>,
 }
 
 /// The worker thread kind of a virtio device type.
@@ -145,6 +186,54 @@ fn worker_kind(device_type: u32) -> Option<ThreadKind> {
 impl VmmBuilder {
     /// Validate `config`, create the VM, its memory, the serial port and the i8042.
     pub fn new(config: VmConfig) -> Result<Self, VmmError> {
+        Self::create(config, None)
+    }
+
+    /// Like [`VmmBuilder::new`], but the VM continues from the snapshot in
+    /// `dir` instead of booting: its RAM, vCPUs, irqchip, clock and serial
+    /// port are the snapshot's. `config` must have the snapshot's vCPU
+    /// count, memory size and irqchip choice; its devices get new backends.
+    pub fn restore(config: VmConfig, dir: &Path) -> Result<Self, VmmError> {
+        let snapshot = snapshot::read_state(dir)?;
+        let mismatch = |what: &'static str, saved: u64, asked: u64| {
+            Err(VmmError::SnapshotMismatch {
+                dir: dir.to_owned(),
+                what,
+                saved,
+                asked,
+            })
+        };
+        if snapshot.vcpu_count != config.vcpus {
+            return mismatch("vcpus", snapshot.vcpu_count.into(), config.vcpus.into());
+        }
+        if snapshot.memory_bytes != config.memory_bytes() {
+            return mismatch("memory bytes", snapshot.memory_bytes, config.memory_bytes());
+        }
+        if snapshot.vm.irqchip.is_some() != config.irqchip {
+            return mismatch(
+                "in-kernel irqchip",
+                snapshot.vm.irqchip.is_some().into(),
+                config.irqchip.into(),
+            );
+        }
+        if snapshot.vcpus.len() != usize::from(snapshot.vcpu_count)
+            || snapshot
+                .vcpus
+                .iter()
+                .enumerate()
+                .any(|(i, v)| usize::from(v.index) != i)
+        {
+            return mismatch(
+                "saved vcpu states",
+                snapshot.vcpus.len() as u64,
+                config.vcpus.into(),
+            );
+        }
+        let ram = memory_image::load(&dir.join(snapshot::MEMORY_FILE), config.memory_bytes())?;
+        Self::create(config, Some((snapshot, ram)))
+    }
+
+    fn create(config: VmConfig, restore: Option<(VmSnapshot, GuestRam)>) -> Result<Self, VmmError> {
         config.validate()?;
         if let BootSource::Kernel(k) = &config.boot {
             // Name a missing or malformed kernel before anything else.
@@ -160,17 +249,21 @@ impl VmmBuilder {
             }
         }
         let vm = Vm::new(config.irqchip)?;
-        let ram = create_guest_ram(config.memory_bytes())?;
+        let (snapshot, ram) = match restore {
+            Some((snapshot, ram)) => (Some(snapshot), ram),
+            None => (None, create_guest_ram(config.memory_bytes())?),
+        };
         vm.register_memory(&ram)?;
         let exit = Arc::new(ExitState::new());
 
         let mut pio = Bus::new();
         let serial_evt = vm.irq_eventfd(SERIAL_IRQ)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            serial_evt,
-            serial_sink(&config.serial, config.console_limit)?,
-            exit.clone(),
-        )));
+        let sink = serial_sink(&config.serial, config.console_limit)?;
+        let serial = match &snapshot {
+            Some(s) => SerialDevice::with_state(serial_evt, sink, exit.clone(), &s.serial)?,
+            None => SerialDevice::new(serial_evt, sink, exit.clone()),
+        };
+        let serial = Arc::new(Mutex::new(serial));
         pio.insert(
             serial.clone(),
             u64::from(SERIAL_PORT_BASE),
@@ -190,6 +283,7 @@ impl VmmBuilder {
             serial,
             virtio: Vec::new(),
             workers: Vec::new(),
+            snapshot,
         };
         if let Some(v) = builder.config.vsock.clone() {
             builder.add_vsock(&v)?;
@@ -307,10 +401,22 @@ impl VmmBuilder {
         Ok(self.pio.insert(device, u64::from(base), u64::from(len))?)
     }
 
-    /// Load the guest and create the vCPUs.
+    /// Load the guest and create the vCPUs (or, restoring, put the
+    /// snapshot's state into them).
     pub fn build(self) -> Result<Vmm, VmmError> {
-        let mem = &self.ram.mem;
         let vcpu_count = self.config.vcpus;
+        if let Some(snapshot) = &self.snapshot {
+            let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+            for state in &snapshot.vcpus {
+                let vcpu = Vcpu::new(&self.vm, state.index)?;
+                state.restore(vcpu.fd())?;
+                vcpus.push(vcpu);
+            }
+            // Last, so the guest's clock resumes from where it paused.
+            snapshot.vm.restore(self.vm.fd(), self.vm.has_irqchip())?;
+            return Ok(self.into_vmm(vcpus, None));
+        }
+        let mem = &self.ram.mem;
         let (entry, cmdline) = match &self.config.boot {
             BootSource::Kernel(k) => {
                 let (entry, cmdline) =
@@ -327,7 +433,11 @@ impl VmmBuilder {
             vcpu.configure(&supported, vcpu_count, self.vm.has_irqchip(), boot_entry)?;
             vcpus.push(vcpu);
         }
-        Ok(Vmm {
+        Ok(self.into_vmm(vcpus, cmdline))
+    }
+
+    fn into_vmm(self, vcpus: Vec<Vcpu>, cmdline: Option<String>) -> Vmm {
+        Vmm {
             serial_input: self.config.serial_input,
             vm: self.vm,
             ram: self.ram,
@@ -338,7 +448,8 @@ impl VmmBuilder {
             vcpus,
             cmdline,
             workers: self.workers,
-        })
+            virtio_devices: self.virtio.len(),
+        }
     }
 }
 
@@ -354,6 +465,7 @@ pub struct Vmm {
     cmdline: Option<String>,
     serial_input: bool,
     workers: Vec<ThreadKind>,
+    virtio_devices: usize,
 }
 
 impl Vmm {
@@ -387,7 +499,13 @@ impl Vmm {
         self.run_inner(Some(timeout))
     }
 
-    fn run_inner(mut self, timeout: Option<Duration>) -> Result<ExitReason, VmmError> {
+    fn run_inner(self, timeout: Option<Duration>) -> Result<ExitReason, VmmError> {
+        self.start()?.wait(timeout)
+    }
+
+    /// Start the vCPU threads; the VM runs until [`RunningVm::wait`]
+    /// returns. The calling thread enters its seccomp filter here.
+    pub fn start(self) -> Result<RunningVm, VmmError> {
         install_kick_handler()?;
         let filtered = seccomp::mode() != SeccompMode::Off;
         if filtered {
@@ -399,10 +517,19 @@ impl Vmm {
             #[cfg(debug_assertions)]
             crate::test_trigger::arm();
         }
-        let mut handles = Vec::new();
-        for vcpu in std::mem::take(&mut self.vcpus) {
+        let gate = Arc::new(PauseGate::new());
+        let vcpu_count = self.vcpus.len();
+        let mut running = RunningVm {
+            vmm: self,
+            handles: Vec::new(),
+            gate,
+            vcpu_count,
+        };
+        for vcpu in std::mem::take(&mut running.vmm.vcpus) {
             let name = format!("vcpu-{}", vcpu.index());
-            let (pio, mmio, exit) = (self.pio.clone(), self.mmio.clone(), self.exit.clone());
+            let vmm = &running.vmm;
+            let (pio, mmio, exit) = (vmm.pio.clone(), vmm.mmio.clone(), vmm.exit.clone());
+            let gate = running.gate.clone();
             let spawned = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
@@ -419,20 +546,21 @@ impl Vmm {
                         });
                         return;
                     }
-                    vcpu.run(pio, mmio, exit)
+                    vcpu.run(pio, mmio, exit, gate)
                 });
             match spawned {
-                Ok(h) => handles.push(h),
+                Ok(h) => running.handles.push(h),
                 Err(source) => {
-                    self.exit.request(ExitReason::TimedOut);
-                    self.stop_vcpus(handles);
+                    running.vmm.exit.request(ExitReason::TimedOut);
+                    running.stop_vcpus();
                     return Err(VmmError::Thread { what: name, source });
                 }
             }
         }
         // SAFETY: isatty only inspects the descriptor.
-        if self.serial_input && unsafe { libc::isatty(libc::STDIN_FILENO) } == 1 {
-            spawn_stdin_feeder(self.serial.clone(), self.exit.clone()).map_err(|source| {
+        if running.vmm.serial_input && unsafe { libc::isatty(libc::STDIN_FILENO) } == 1 {
+            let vmm = &running.vmm;
+            spawn_stdin_feeder(vmm.serial.clone(), vmm.exit.clone()).map_err(|source| {
                 VmmError::Thread {
                     what: "serial-stdin".into(),
                     source,
@@ -441,31 +569,109 @@ impl Vmm {
         }
         if filtered {
             if let Err(e) = seccomp::enter(ThreadKind::Main) {
-                self.exit.request(ExitReason::TimedOut);
-                self.stop_vcpus(handles);
+                running.vmm.exit.request(ExitReason::TimedOut);
+                running.stop_vcpus();
                 return Err(e.into());
             }
         }
-        let reason = match self.exit.wait(timeout) {
+        Ok(running)
+    }
+}
+
+/// A VM whose vCPU threads run.
+pub struct RunningVm {
+    vmm: Vmm,
+    handles: Vec<JoinHandle<()>>,
+    gate: Arc<PauseGate>,
+    vcpu_count: usize,
+}
+
+impl RunningVm {
+    /// Wait until the guest stops or `timeout` passes
+    /// (`ExitReason::TimedOut`), then stop every vCPU thread.
+    pub fn wait(mut self, timeout: Option<Duration>) -> Result<ExitReason, VmmError> {
+        let exit = self.vmm.exit.clone();
+        let reason = match exit.wait(timeout) {
             Some(reason) => reason,
             None => {
-                self.exit.request(ExitReason::TimedOut);
-                self.exit
-                    .wait(Some(Duration::ZERO))
+                exit.request(ExitReason::TimedOut);
+                exit.wait(Some(Duration::ZERO))
                     .unwrap_or(ExitReason::TimedOut)
             }
         };
         tracing::info!(reason = %reason.describe(), "vm stopped");
-        self.stop_vcpus(handles);
-        self.serial
+        self.stop_vcpus();
+        self.vmm
+            .serial
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .flush();
         Ok(reason)
     }
 
+    /// Park every vCPU outside `KVM_RUN`; their states, by index. The VM
+    /// stays paused until [`RunningVm::resume`].
+    pub fn pause(&self) -> Result<Vec<VcpuState>, VmmError> {
+        self.gate.request();
+        let exit = &self.vmm.exit;
+        let result =
+            self.gate
+                .wait_parked(self.vcpu_count, VCPU_STOP_TIMEOUT, &|| self.kick(), &|| {
+                    exit.stopping()
+                });
+        if result.is_err() {
+            self.gate.resume();
+        }
+        Ok(result?)
+    }
+
+    /// Let paused vCPUs run again.
+    pub fn resume(&self) {
+        self.gate.resume();
+    }
+
+    /// Pause the VM and write a snapshot of it into `dir` (an existing,
+    /// empty directory). The VM stays paused: [`RunningVm::resume`] lets it
+    /// go on, [`RunningVm::wait`] with a zero timeout ends it.
+    ///
+    /// Devices are not saved yet: only VMs whose guest has no virtio
+    /// device can be snapshotted (payloads); anything else is refused.
+    pub fn snapshot(&self, dir: &Path) -> Result<ImageStats, VmmError> {
+        if self.vmm.virtio_devices > 0 {
+            return Err(VmmError::SnapshotDevices(self.vmm.virtio_devices));
+        }
+        let vcpus = self.pause()?;
+        let vm = VmState::save(self.vmm.vm.fd(), self.vmm.vm.has_irqchip())?;
+        let serial = self
+            .vmm
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot();
+        let state = VmSnapshot {
+            vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+            vcpu_count: self.vcpu_count as u8,
+            memory_bytes: self.vmm.ram.size,
+            vm,
+            vcpus,
+            serial,
+        };
+        let stats = memory_image::save(&self.vmm.ram, &dir.join(snapshot::MEMORY_FILE))?;
+        snapshot::write_state(dir, &state)?;
+        Ok(stats)
+    }
+
+    fn kick(&self) {
+        for h in self.handles.iter().filter(|h| !h.is_finished()) {
+            // SAFETY: the pthread id belongs to a thread we spawned and
+            // have not joined, so it is still valid.
+            unsafe { libc::pthread_kill(h.as_pthread_t(), kick_signal()) };
+        }
+    }
+
     /// Kick every vCPU thread until it leaves `KVM_RUN`, then join it.
-    fn stop_vcpus(&mut self, mut handles: Vec<JoinHandle<()>>) {
+    fn stop_vcpus(&mut self) {
+        let mut handles = std::mem::take(&mut self.handles);
         let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
         while !handles.is_empty() && Instant::now() < deadline {
             for h in handles.iter().filter(|h| !h.is_finished()) {
@@ -489,8 +695,17 @@ impl Vmm {
                 count = handles.len(),
                 "vcpu threads did not stop; leaking guest memory"
             );
-            std::mem::forget(self.ram.clone());
+            std::mem::forget(self.vmm.ram.clone());
             std::mem::forget(handles);
+        }
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if !self.handles.is_empty() {
+            self.vmm.exit.request(ExitReason::TimedOut);
+            self.stop_vcpus();
         }
     }
 }

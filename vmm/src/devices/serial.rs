@@ -5,12 +5,13 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::BusDevice;
 use crate::exit::ExitState;
+use crate::snapshot::SerialSnapshot;
 
 /// The line Linux prints when it panics.
 pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
@@ -88,6 +89,12 @@ impl Write for PanicWatcher {
     }
 }
 
+/// A snapshot's UART state was refused (an over-long input FIFO, or the
+/// interrupt it has pending could not be raised).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot restore the serial port: {0}")]
+pub struct SerialStateError(String);
+
 /// The vm-superio serial type we use.
 pub type SerialInner = Serial<EventFdTrigger, NoEvents, PanicWatcher>;
 
@@ -101,6 +108,53 @@ impl SerialDevice {
     pub fn new(irq_evt: EventFd, out: Box<dyn Write + Send>, exit: Arc<ExitState>) -> Self {
         SerialDevice {
             serial: Serial::new(EventFdTrigger(irq_evt), PanicWatcher::new(out, exit)),
+        }
+    }
+
+    /// A UART like [`SerialDevice::new`]'s, with the registers of a
+    /// snapshot (a pending interrupt is raised again).
+    pub fn with_state(
+        irq_evt: EventFd,
+        out: Box<dyn Write + Send>,
+        exit: Arc<ExitState>,
+        state: &SerialSnapshot,
+    ) -> Result<Self, SerialStateError> {
+        let state = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let serial = Serial::from_state(
+            &state,
+            EventFdTrigger(irq_evt),
+            NoEvents,
+            PanicWatcher::new(out, exit),
+        )
+        .map_err(|e| SerialStateError(format!("{e:?}")))?;
+        Ok(SerialDevice { serial })
+    }
+
+    /// The registers, for a snapshot.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.serial.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 

@@ -1,5 +1,9 @@
 //! VM state: guest memory, the KVM VM and its vCPUs.
 
 pub mod memory;
+pub mod memory_image;
+pub mod pause;
 pub mod vcpu;
+pub mod vcpu_state;
 pub mod vm;
+pub mod vm_state;

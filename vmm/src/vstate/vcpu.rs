@@ -13,7 +13,9 @@ use kvm_bindings::{kvm_run, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use super::vm::{KvmError, Vm};
+use super::pause::PauseGate;
+use super::vcpu_state::{VcpuState, VcpuStateError};
+use super::vm::{KvmError, SaveContext, Vm};
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use crate::config::EntryMode;
 use crate::devices::bus::Bus;
@@ -94,6 +96,7 @@ pub struct BootEntry {
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
+    save: Arc<SaveContext>,
 }
 
 impl Vcpu {
@@ -103,7 +106,16 @@ impl Vcpu {
             .fd()
             .create_vcpu(u64::from(index))
             .map_err(|source| KvmError::CreateVcpu { index, source })?;
-        Ok(Vcpu { index, fd })
+        Ok(Vcpu {
+            index,
+            fd,
+            save: vm.save_context(),
+        })
+    }
+
+    /// The KVM vCPU (to restore a saved state into it).
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
     }
 
     /// The vCPU index (also its APIC id).
@@ -160,12 +172,24 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Run until the VM stops; report why through `exit`.
-    pub fn run(mut self, pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<ExitState>) {
+    /// Run until the VM stops; report why through `exit`. While `gate`
+    /// asks for a pause, the thread saves its state there and sleeps.
+    pub fn run(
+        mut self,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        exit: Arc<ExitState>,
+        gate: Arc<PauseGate>,
+    ) {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|c| c.set(run_ptr));
         let index = self.index;
         while !exit.stopping() {
+            if gate.requested() {
+                let state = self.save_parked();
+                gate.park(state, &|| exit.stopping());
+                continue;
+            }
             if let Some(reason) = self.step(&pio, &mmio, &exit) {
                 exit.request(reason);
                 break;
@@ -173,6 +197,26 @@ impl Vcpu {
         }
         KVM_RUN.with(|c| c.set(null_mut()));
         tracing::debug!(vcpu = index, "vcpu thread stopped");
+    }
+
+    /// Finish any port or MMIO access the last exit left pending (a
+    /// `KVM_RUN` with `immediate_exit` set completes it and returns at
+    /// once, without running guest code), then read the vCPU's state.
+    fn save_parked(&mut self) -> Result<VcpuState, VcpuStateError> {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            other => {
+                tracing::debug!(vcpu = self.index, result = ?other.map(|_| ()), "completing run before save")
+            }
+        }
+        self.fd.set_kvm_immediate_exit(0);
+        VcpuState::save(
+            &self.fd,
+            self.index,
+            &self.save.msr_list,
+            self.save.xsave_size,
+        )
     }
 
     /// One `KVM_RUN`; `Some` when the VM must stop.

@@ -2,12 +2,13 @@
 //! slots and irqfds.
 
 use std::io;
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -99,11 +100,21 @@ pub fn preopen_kvm() -> Result<(), KvmError> {
     Ok(())
 }
 
+/// What a vCPU thread needs to save its own state.
+#[derive(Debug, Default)]
+pub struct SaveContext {
+    /// The MSRs KVM saves (`KVM_GET_MSR_INDEX_LIST`).
+    pub msr_list: Vec<u32>,
+    /// `KVM_CAP_XSAVE2`'s XSAVE area size (0 without the capability).
+    pub xsave_size: usize,
+}
+
 /// A KVM VM with its system handle.
 pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
     irqchip: bool,
+    save: Arc<SaveContext>,
 }
 
 impl Vm {
@@ -130,7 +141,30 @@ impl Vm {
             };
             fd.create_pit2(pit).map_err(KvmError::Pit)?;
         }
-        Ok(Vm { kvm, fd, irqchip })
+        let msr_list = match kvm.get_msr_index_list() {
+            Ok(list) => list.as_slice().to_vec(),
+            Err(e) => {
+                // Only snapshots need it; they fail then with a named MSR.
+                tracing::warn!(error = %e, "KVM_GET_MSR_INDEX_LIST failed");
+                Vec::new()
+            }
+        };
+        let xsave_size = usize::try_from(fd.check_extension_int(Cap::Xsave2)).unwrap_or(0);
+        let save = Arc::new(SaveContext {
+            msr_list,
+            xsave_size,
+        });
+        Ok(Vm {
+            kvm,
+            fd,
+            irqchip,
+            save,
+        })
+    }
+
+    /// What vCPU threads need to save their state.
+    pub fn save_context(&self) -> Arc<SaveContext> {
+        self.save.clone()
     }
 
     /// The VM file descriptor.

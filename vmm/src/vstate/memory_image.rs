@@ -1,0 +1,256 @@
+//! Guest memory saved as a sparse file: only the pages that hold data.
+//!
+//! Guest RAM is a memfd, so pages the guest never touched are holes in it
+//! (`SEEK_DATA`/`SEEK_HOLE` skip them without reading). Of the rest, pages
+//! that are all zeroes are left out too: a guest kernel booted with
+//! `init_on_free=1` zeroes every page it frees, so its free memory costs
+//! the image (and every VM restored from it) nothing. A hole reads back as
+//! zeroes, which is exactly what the guest left there.
+//!
+//! Restoring copies the data pages into a fresh memfd (vhost-user backends
+//! such as virtiofsd need guest memory they can map shared, so a private
+//! copy-on-write mapping of the image cannot be guest RAM).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::memory::{create_guest_ram, GuestRam, MemoryError};
+
+/// The unit of the zero-page check.
+const PAGE: usize = 4096;
+/// Bytes copied per read.
+const CHUNK: usize = 1 << 20;
+
+/// Errors while saving or loading a memory image.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryImageError {
+    /// The image file cannot be created or written.
+    #[error("cannot write the memory image {path}")]
+    Write {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The image file cannot be opened or read.
+    #[error("cannot read the memory image {path}")]
+    Read {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading guest memory failed.
+    #[error("cannot read guest memory at offset {offset:#x}")]
+    Guest {
+        /// Offset in guest RAM.
+        offset: u64,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The image does not match the VM's memory size.
+    #[error("the memory image {path} holds {found} bytes but the VM has {expected}")]
+    SizeMismatch {
+        /// The image.
+        path: PathBuf,
+        /// The image's size.
+        found: u64,
+        /// The VM's memory size.
+        expected: u64,
+    },
+    /// Creating the new guest memory failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+}
+
+/// What a save wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageStats {
+    /// Bytes of guest RAM the memfd had allocated.
+    pub allocated: u64,
+    /// Bytes written to the image (allocated minus zero pages).
+    pub written: u64,
+}
+
+/// The next `(start, end)` data extent of `file` at or after `from`, or
+/// `None` past the last one.
+fn next_extent(file: &File, from: u64, size: u64) -> io::Result<Option<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let seek = |offset: u64, whence| {
+        // SAFETY: lseek on a descriptor we own; no memory is passed.
+        let r = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    };
+    if from >= size {
+        return Ok(None);
+    }
+    let start = match seek(from, libc::SEEK_DATA) {
+        Ok(s) => s,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if start >= size {
+        return Ok(None);
+    }
+    let end = seek(start, libc::SEEK_HOLE)?.min(size);
+    Ok(Some((start, end)))
+}
+
+/// Write the data pages of `ram` to a new file at `path` (which must not
+/// exist), as a sparse file of the same size.
+pub fn save(ram: &GuestRam, path: &Path) -> Result<ImageStats, MemoryImageError> {
+    let werr = |source| MemoryImageError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(werr)?;
+    out.set_len(ram.size).map_err(werr)?;
+    let mut stats = ImageStats::default();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0;
+    while let Some((start, end)) =
+        next_extent(&ram.memfd, pos, ram.size).map_err(|source| MemoryImageError::Guest {
+            offset: pos,
+            source,
+        })?
+    {
+        let mut offset = start;
+        while offset < end {
+            let len = usize::try_from(end - offset).unwrap_or(CHUNK).min(CHUNK);
+            let chunk = &mut buf[..len];
+            ram.memfd
+                .read_exact_at(chunk, offset)
+                .map_err(|source| MemoryImageError::Guest { offset, source })?;
+            stats.allocated += len as u64;
+            for (i, page) in chunk.chunks(PAGE).enumerate() {
+                if page.iter().any(|&b| b != 0) {
+                    let at = offset + (i * PAGE) as u64;
+                    out.write_all_at(page, at).map_err(werr)?;
+                    stats.written += page.len() as u64;
+                }
+            }
+            offset += len as u64;
+        }
+        pos = end;
+    }
+    out.sync_all().map_err(werr)?;
+    Ok(stats)
+}
+
+/// New guest RAM of `size` bytes holding the image at `path`.
+pub fn load(path: &Path, size: u64) -> Result<GuestRam, MemoryImageError> {
+    let rerr = |source| MemoryImageError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let image = File::open(path).map_err(rerr)?;
+    let found = image.metadata().map_err(rerr)?.len();
+    if found != size {
+        return Err(MemoryImageError::SizeMismatch {
+            path: path.to_owned(),
+            found,
+            expected: size,
+        });
+    }
+    let ram = create_guest_ram(size)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0;
+    while let Some((start, end)) = next_extent(&image, pos, size).map_err(rerr)? {
+        let mut offset = start;
+        while offset < end {
+            let len = usize::try_from(end - offset).unwrap_or(CHUNK).min(CHUNK);
+            let chunk = &mut buf[..len];
+            image.read_exact_at(chunk, offset).map_err(rerr)?;
+            ram.memfd
+                .write_all_at(chunk, offset)
+                .map_err(|source| MemoryImageError::Guest { offset, source })?;
+            offset += len as u64;
+        }
+        pos = end;
+    }
+    Ok(ram)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn only_data_pages_are_written_and_they_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ram = create_guest_ram(8 << 20).unwrap();
+        ram.mem
+            .write_obj(0x1234_5678u32, GuestAddress(0x1000))
+            .unwrap();
+        ram.mem
+            .write_obj(0xabcdu16, GuestAddress(0x70_0ffe))
+            .unwrap();
+        // Touched but zero: allocated, not written.
+        ram.mem.write_obj(0u64, GuestAddress(0x20_0000)).unwrap();
+        let path = dir.path().join("memory");
+        let stats = save(&ram, &path).unwrap();
+        assert_eq!(stats.written, 2 * PAGE as u64, "{stats:?}");
+        assert!(stats.allocated >= 3 * PAGE as u64, "{stats:?}");
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap());
+        assert!(
+            blocks * 512 <= 64 * 1024,
+            "image is not sparse: {blocks} blocks"
+        );
+
+        let back = load(&path, 8 << 20).unwrap();
+        assert_eq!(
+            back.mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0x1234_5678
+        );
+        assert_eq!(
+            back.mem.read_obj::<u16>(GuestAddress(0x70_0ffe)).unwrap(),
+            0xabcd
+        );
+        assert_eq!(
+            back.mem.read_obj::<u64>(GuestAddress(0x20_0000)).unwrap(),
+            0
+        );
+        // The restored memfd holds (about) only the data pages too: the
+        // image's file system may round its extents up.
+        let mut extents = 0;
+        let mut pos = 0;
+        while let Some((s, e)) = next_extent(&back.memfd, pos, back.size).unwrap() {
+            extents += (e - s) / PAGE as u64;
+            pos = e;
+        }
+        assert!((2..=16).contains(&extents), "{extents} pages allocated");
+    }
+
+    #[test]
+    fn an_image_of_another_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ram = create_guest_ram(4 << 20).unwrap();
+        let path = dir.path().join("memory");
+        save(&ram, &path).unwrap();
+        let err = load(&path, 8 << 20).unwrap_err();
+        assert!(
+            matches!(err, MemoryImageError::SizeMismatch { found, expected, .. } if found == 4 << 20 && expected == 8 << 20),
+            "{err}"
+        );
+        assert!(
+            matches!(save(&ram, &path), Err(MemoryImageError::Write { .. })),
+            "save over an existing image must fail"
+        );
+    }
+}
