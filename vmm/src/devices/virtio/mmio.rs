@@ -10,7 +10,9 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::device::{VirtioDevice, VirtioInterrupt, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use super::device::{
+    ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING,
+};
 use crate::devices::bus::BusDevice;
 
 /// "virt" in little endian.
@@ -22,11 +24,22 @@ pub const VENDOR_ID: u32 = 0x4f43_4f43;
 /// `VIRTIO_F_VERSION_1`.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
+pub mod persist;
 pub mod regs;
 
 pub mod status;
 
 use status::*;
+
+/// Why `MmioTransport::try_activate` did not start the device.
+enum ActivationFailure {
+    /// This ready queue's rings are not inside guest memory.
+    InvalidQueue(usize),
+    /// This queue's state could not be copied for the device.
+    CopyQueue(usize, virtio_queue::Error),
+    /// The device refused to start.
+    Device(ActivateError),
+}
 
 /// One virtio device behind a virtio-mmio register window.
 pub struct MmioTransport {
@@ -189,42 +202,49 @@ impl MmioTransport {
         }
     }
 
-    fn activate(&mut self) {
+    /// DRIVER_OK: validate the ready queues and start the device with
+    /// copies of them (the transport keeps the register view). Shared by
+    /// the driver's DRIVER_OK and by snapshot restore.
+    fn try_activate(&mut self) -> Result<(), ActivationFailure> {
         for (index, q) in self.queues.iter().enumerate() {
             if q.ready() && !q.is_valid(&self.mem) {
-                crate::limited!(
-                    warn,
-                    index,
-                    "virtio queue is ready but invalid; device needs reset"
-                );
-                self.needs_reset();
-                return;
+                return Err(ActivationFailure::InvalidQueue(index));
             }
         }
-        // The device gets its own copies; the transport keeps the register view.
-        let queues: Result<Vec<Queue>, _> = self
+        let queues = self
             .queues
             .iter()
-            .map(|q| Queue::try_from(q.state()))
-            .collect();
-        let queues = match queues {
-            Ok(queues) => queues,
-            Err(e) => {
-                crate::limited!(warn, error = ?e, "virtio queue state cannot be copied; device needs reset");
-                self.needs_reset();
-                return;
-            }
-        };
-        match self
-            .device
+            .enumerate()
+            .map(|(index, q)| {
+                Queue::try_from(q.state()).map_err(|e| ActivationFailure::CopyQueue(index, e))
+            })
+            .collect::<Result<Vec<Queue>, _>>()?;
+        self.device
             .activate(self.mem.clone(), queues, self.interrupt.clone())
-        {
-            Ok(()) => self.activated = true,
-            Err(e) => {
-                crate::limited!(warn, error = %e, "virtio device activation failed");
-                self.needs_reset();
+            .map_err(ActivationFailure::Device)?;
+        self.activated = true;
+        Ok(())
+    }
+
+    fn activate(&mut self) {
+        match self.try_activate() {
+            Ok(()) => return,
+            Err(ActivationFailure::InvalidQueue(index)) => crate::limited!(
+                warn,
+                index,
+                "virtio queue is ready but invalid; device needs reset"
+            ),
+            Err(ActivationFailure::CopyQueue(index, e)) => crate::limited!(
+                warn,
+                index,
+                error = ?e,
+                "virtio queue state cannot be copied; device needs reset"
+            ),
+            Err(ActivationFailure::Device(e)) => {
+                crate::limited!(warn, error = %e, "virtio device activation failed")
             }
         }
+        self.needs_reset();
     }
 
     fn needs_reset(&mut self) {

@@ -1,5 +1,6 @@
 //! Tests of the virtio-mmio transport with a dummy device driven by
-//! `virtio_queue::mock::MockSplitQueue` playing the guest driver.
+//! `virtio_queue::mock::MockSplitQueue` playing the guest driver. The
+//! register helpers are `pub(super)` for the snapshot tests (`persist_tests.rs`).
 
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +17,7 @@ use crate::devices::virtio::device::{
     ActivateError, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING,
 };
 
-const QUEUE_SIZE: u16 = 16;
+pub(super) const QUEUE_SIZE: u16 = 16;
 const DUMMY_FEATURES: u64 = 1 << 3;
 
 /// What the dummy device saw, shared with the test.
@@ -142,18 +143,18 @@ fn fixture() -> Fixture {
     fixture_with(false)
 }
 
-fn r32(m: &mut MmioTransport, off: u64) -> u32 {
+pub(super) fn r32(m: &mut MmioTransport, off: u64) -> u32 {
     let mut b = [0u8; 4];
     m.read(0, off, &mut b);
     u32::from_le_bytes(b)
 }
 
-fn w32(m: &mut MmioTransport, off: u64, v: u32) {
+pub(super) fn w32(m: &mut MmioTransport, off: u64, v: u32) {
     m.write(0, off, &v.to_le_bytes());
 }
 
 /// Driver steps up to FEATURES_OK with `features` acknowledged.
-fn negotiate(m: &mut MmioTransport, features: u64) {
+pub(super) fn negotiate(m: &mut MmioTransport, features: u64) {
     w32(m, regs::STATUS, ACKNOWLEDGE);
     w32(m, regs::STATUS, ACKNOWLEDGE | DRIVER);
     w32(m, regs::DRIVER_FEATURES_SEL, 0);
@@ -163,7 +164,7 @@ fn negotiate(m: &mut MmioTransport, features: u64) {
     w32(m, regs::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
 }
 
-fn setup_queue(m: &mut MmioTransport, index: u32, q: &MockSplitQueue<GuestMemoryMmap>) {
+pub(super) fn setup_queue(m: &mut MmioTransport, index: u32, q: &MockSplitQueue<GuestMemoryMmap>) {
     w32(m, regs::QUEUE_SEL, index);
     w32(m, regs::QUEUE_NUM, u32::from(QUEUE_SIZE));
     let addr = |a: GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
@@ -179,7 +180,7 @@ fn setup_queue(m: &mut MmioTransport, index: u32, q: &MockSplitQueue<GuestMemory
     w32(m, regs::QUEUE_READY, 1);
 }
 
-const ALL_OK: u32 = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
+pub(super) const ALL_OK: u32 = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
 
 /// The whole driver initialisation with queue 0 on `q`, up to DRIVER_OK.
 fn bring_up(m: &mut MmioTransport, q: &MockSplitQueue<GuestMemoryMmap>) {
