@@ -14,6 +14,7 @@ pub mod container_remove;
 pub mod container_resources;
 pub mod container_signal;
 pub mod container_start;
+pub mod entropy;
 pub mod entry;
 pub mod error_code;
 pub mod exec_seccomp;

@@ -30,6 +30,8 @@ pub enum SandboxError {
     Remove(String),
     #[error("the pod's network")]
     Network(#[from] crate::network::NetworkError),
+    #[error("reseeding the guest RNG")]
+    Entropy(#[from] crate::entropy::EntropyError),
 }
 
 impl RpcCode for SandboxError {
@@ -37,12 +39,16 @@ impl RpcCode for SandboxError {
         match self {
             SandboxError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             SandboxError::Network(e) => e.rpc_code(),
+            SandboxError::Entropy(e) => e.rpc_code(),
             _ => Code::INTERNAL,
         }
     }
 }
 
 pub struct SandboxSetup<'a> {
+    /// Host entropy for the guest kernel's RNG; mixed in before anything
+    /// else (clones of one VM snapshot share the RNG state they booted to).
+    pub entropy: &'a [u8],
     pub hostname: &'a str,
     pub dns_servers: &'a [String],
     pub dns_search: &'a [String],
@@ -84,6 +90,9 @@ fn check_line(field: &str, v: &str) -> Result<(), SandboxError> {
 /// /etc) are made only when the agent is the guest's PID 1; the files are
 /// always written under the state dir.
 pub fn create_sandbox(state: &AgentState, s: &SandboxSetup<'_>) -> Result<String, SandboxError> {
+    // First: nothing the sandbox sets up, and no container, may draw from
+    // an RNG whose state other clones of this VM's snapshot share.
+    crate::entropy::reseed(s.entropy)?;
     for v in s
         .dns_servers
         .iter()

@@ -76,6 +76,7 @@ impl agent_ttrpc::Agent for AgentService {
         req: CreateSandboxRequest,
     ) -> Res<CreateSandboxResponse> {
         let setup = sandbox::SandboxSetup {
+            entropy: &req.entropy,
             hostname: &req.hostname,
             dns_servers: &req.dns_servers,
             dns_search: &req.dns_search,

@@ -709,6 +709,39 @@ async fn ten_containers_without_cross_talk() {
     }
 }
 
+/// CreateSandbox reseeds the guest's RNG (clones of one VM snapshot share
+/// its state) before anything else: without host entropy, or with too
+/// little or too much, it is refused, naming the field, and sets nothing
+/// up. With 64 bytes it succeeds: RNDADDENTROPY and RNDRESEEDCRNG really
+/// run, on the host kernel here, which more entropy never harms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_sandbox_requires_host_entropy() {
+    let a = Agent::start().await;
+    let sandbox_dir = a.dir.path().join("state").join("sandbox");
+    for len in [0, 1, 31, 4097] {
+        let mut req = sandbox_request("e");
+        req.hostname = "entropy-test".into();
+        req.entropy.resize(len, 0x5a);
+        let (code, msg) = code_of(a.create_sandbox(&req).await.unwrap_err());
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{len} bytes: {msg}");
+        assert!(
+            msg.contains(&format!("entropy: {len} bytes")),
+            "{len} bytes: {msg}"
+        );
+        assert!(
+            !sandbox_dir.exists(),
+            "{len} bytes: the sandbox was set up before its entropy was checked"
+        );
+    }
+    let mut req = sandbox_request("e");
+    req.hostname = "entropy-test".into();
+    a.create_sandbox(&req)
+        .await
+        .expect("CreateSandbox with 64 bytes of entropy");
+    let hostname = std::fs::read_to_string(sandbox_dir.join("hostname")).unwrap();
+    assert_eq!(hostname, "entropy-test\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_sandbox_removes_containers_and_the_cgroup_parent() {
     let a = Agent::start().await;

@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use cocoon_agent_protocol::agent::{CreateSandboxRequest, Interface, Route};
+use cocoon_agent_protocol::agent::{Interface, Route};
 use common::*;
 
 const MAC: &str = "02:42:0a:63:00:07";
@@ -82,16 +82,9 @@ fn interface() -> Interface {
 }
 
 async fn create_sandbox(a: &Agent, interfaces: Vec<Interface>) -> ttrpc::Result<()> {
-    let mut req = CreateSandboxRequest::new();
-    req.sandbox_id = "net".into();
+    let mut req = sandbox_request("net");
     req.interfaces = interfaces;
-    bounded(
-        "CreateSandbox",
-        CALL_TIMEOUT,
-        a.client.create_sandbox(ctx(), &req),
-    )
-    .await
-    .map(|_| ())
+    a.create_sandbox(&req).await.map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,8 @@ pub enum AgentError {
     },
     #[error("agent {rpc}: no answer within {secs} s")]
     Timeout { rpc: &'static str, secs: u64 },
+    #[error("reading host entropy for the guest's RNG")]
+    Entropy(#[source] std::io::Error),
 }
 
 impl AgentError {
@@ -132,6 +134,10 @@ impl Agent {
         r.sandbox_id = sandbox_id.into();
         r.share_tag = share_tag.into();
         r.interfaces = interfaces.iter().map(wire_interface).collect();
+        // Fresh for every sandbox: the agent reseeds the guest's RNG with
+        // it, so clones of one VM snapshot do not share their RNG state.
+        r.entropy = crate::host_entropy::host_entropy(crate::host_entropy::SANDBOX_ENTROPY_BYTES)
+            .map_err(AgentError::Entropy)?;
         r.guest_time_unix_nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)

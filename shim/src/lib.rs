@@ -6,6 +6,7 @@ pub mod check;
 pub mod cleanup;
 pub mod config;
 pub mod events;
+pub mod host_entropy;
 pub mod hostfs;
 pub mod sandbox;
 pub mod shim;

@@ -205,6 +205,14 @@ async fn main() -> Result<()> {
             set_time,
         } => {
             let mut r = CreateSandboxRequest::new();
+            // The agent reseeds the guest's RNG with it and requires it.
+            let mut entropy = vec![0u8; 64];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+                &mut entropy,
+            )
+            .context("reading /dev/urandom")?;
+            r.entropy = entropy;
             r.hostname = hostname;
             r.dns_servers = dns;
             r.share_tag = share_tag;

@@ -355,6 +355,34 @@ pub async fn read_until(c: &mut BoxConn, needle: &str, t: Duration) -> String {
     String::from_utf8_lossy(&acc).into_owned()
 }
 
+/// A CreateSandbox request for `id` carrying what the shim sends with every
+/// one: 64 bytes of host entropy, which the agent requires.
+pub fn sandbox_request(id: &str) -> CreateSandboxRequest {
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = id.into();
+    req.entropy = vec![0; 64];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").expect("open /dev/urandom"),
+        &mut req.entropy,
+    )
+    .expect("read /dev/urandom");
+    req
+}
+
+impl Agent {
+    pub async fn create_sandbox(
+        &self,
+        req: &CreateSandboxRequest,
+    ) -> ttrpc::Result<CreateSandboxResponse> {
+        bounded(
+            "CreateSandbox",
+            CALL_TIMEOUT,
+            self.client.create_sandbox(ctx(), req),
+        )
+        .await
+    }
+}
+
 pub fn code_of(r: ttrpc::Error) -> (ttrpc::Code, String) {
     match r {
         ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
