@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: runs the benches where a Linux guest boots at speed (directly on
 # VT-x/AMD-V, inside the nested test host on PVM) and prints their tables.
-#   tests/bench/run.sh [boot|vsock|fs|ctr|cri|jail|agent ...]   (default: all of them)
+#   tests/bench/run.sh [boot|restore|vsock|fs|ctr|cri|jail|agent ...]   (default: all of them)
 # Knobs: BENCH_RUNS (boot, vsock, fs; default 5), BENCH_VSOCK_MIB (64),
 # BENCH_FS_MIB (256), BENCH_CTR_RUNS (10), BENCH_CRI_RUNS (5), BENCH_CRI_MIB (64), BENCH_CRI_P2P_MIB (8),
 # BENCH_JAIL_RUNS (5),
@@ -16,7 +16,7 @@
 # ran and every rerun with the test host's reason.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-all="boot vsock fs ctr cri jail agent"
+all="boot restore vsock fs ctr cri jail agent"
 want=" ${*:-$all} "
 for b in $want; do
   [[ " $all " == *" $b "* ]] || { echo "bench: unknown bench '$b' (expected some of: $all)" >&2; exit 2; }
@@ -25,6 +25,7 @@ kernel=$(readlink -f build/vmlinux)
 vmm=$PWD/target/release/cocoon-vmm
 declare -A bench_args=(
   [boot]="--vmm $vmm --kernel $kernel --initrd $PWD/build/initrd.cpio --runs ${BENCH_RUNS:-5}"
+  [restore]="--vmm $vmm --kernel $kernel --initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_RUNS:-5}"
   [vsock]="--vmm $vmm --kernel $kernel --initrd $PWD/build/devtest-initrd.cpio --mib ${BENCH_VSOCK_MIB:-64} --runs ${BENCH_RUNS:-5}"
   [fs]="--vmm $vmm --kernel $kernel --initrd $PWD/build/devtest-initrd.cpio --mib ${BENCH_FS_MIB:-256} --runs ${BENCH_RUNS:-5}"
   [ctr]="--vmm $vmm --kernel $kernel --initrd $PWD/build/agent-initrd.cpio --runs ${BENCH_CTR_RUNS:-10}"
@@ -58,7 +59,7 @@ testhost_reason() {
   echo "${r:-the test host failed (exit 126)}"
 }
 
-for b in boot vsock fs ctr cri jail; do
+for b in boot restore vsock fs ctr cri jail; do
   [[ "$want" == *" $b "* ]] || continue
   # shellcheck disable=SC2086 # the arguments are paths without spaces
   case "$kind" in

@@ -165,3 +165,147 @@ fn agent_boots_as_pid1_and_answers_over_hybrid_vsock() {
         started.elapsed()
     );
 }
+
+/// Talks to the agent on `uds`: Check, Version; with `destroy`, also
+/// DestroySandbox (which ends the VM). Returns how long the agent took to
+/// answer from `started`.
+fn talk(
+    uds: &std::path::Path,
+    started: Instant,
+    deadline: Duration,
+    destroy: bool,
+) -> Result<Duration, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let addr = Address::HybridVsock {
+            path: uds.to_owned(),
+            port: 1024,
+        };
+        let client = connect_agent_retry(&addr, deadline)
+            .await
+            .map_err(|e| format!("the agent did not answer on {addr}: {e}"))?;
+        let check = client
+            .check(ctx(), &CheckRequest::new())
+            .await
+            .map_err(|e| format!("Check: {e:?}"))?;
+        if !check.serving {
+            return Err("Check: not serving".to_string());
+        }
+        let answered = started.elapsed();
+        let v = client
+            .version(ctx(), &VersionRequest::new())
+            .await
+            .map_err(|e| format!("Version: {e:?}"))?;
+        if v.protocol_version != cocoon_agent_protocol::PROTOCOL_VERSION {
+            return Err(format!("protocol version {}", v.protocol_version));
+        }
+        if destroy {
+            client
+                .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+                .await
+                .map_err(|e| format!("DestroySandbox: {e:?}"))?;
+        }
+        Ok(answered)
+    })
+}
+
+/// A VM snapshotted (SIGUSR1, `--snapshot-to`) while its agent listens is
+/// restored (`--restore`) with a new vsock socket: the agent answers there
+/// at once, without booting, and the old connection the template had open
+/// is gone (the device announced a transport reset). The seccomp filters
+/// are on (the default) in both VMMs.
+#[test]
+fn a_snapshot_of_a_ready_agent_restores_and_answers_on_a_new_socket() {
+    let a = Artifacts::from_env();
+    let dir = tempfile::Builder::new()
+        .prefix("cocoon-agent-snapshot")
+        .tempdir()
+        .unwrap();
+    let snap = dir.path().join("snapshot");
+    std::fs::create_dir(&snap).unwrap();
+    let vmm_cmd = |uds: &std::path::Path| {
+        let mut cmd = Command::new(&a.vmm);
+        cmd.arg("--kernel")
+            .arg(&a.kernel)
+            .arg("--initrd")
+            .arg(&a.agent_initrd)
+            .arg("--memory")
+            .arg("256")
+            .arg("--vsock")
+            .arg(format!("cid=3,uds={}", uds.display()))
+            .arg("--log-level")
+            .arg("info");
+        cmd
+    };
+
+    let started = Instant::now();
+    let first = dir.path().join("template.sock");
+    let mut template = Vmm::start(
+        vmm_cmd(&first)
+            .arg("--cmdline")
+            .arg("quiet init_on_free=1")
+            .arg("--snapshot-to")
+            .arg(&snap),
+    );
+    let booted = talk(&first, started, ANSWER_DEADLINE, false);
+    if booted.is_ok() {
+        // SAFETY: kill with the pid of our own child, which has not been
+        // waited for (so the pid is still its).
+        unsafe { libc::kill(template.child.id() as i32, libc::SIGUSR1) };
+    }
+    let (code, log) = template.finish(if booted.is_ok() {
+        EXIT_DEADLINE
+    } else {
+        Duration::ZERO
+    });
+    let booted = booted.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(
+        code,
+        Some(0),
+        "the template VMM must save and exit 0:\n{log}"
+    );
+    assert!(
+        log.contains("snapshot taken"),
+        "no snapshot log line:\n{log}"
+    );
+    assert!(
+        log.contains("agent listening"),
+        "no agent start in the template:\n{log}"
+    );
+    let image = std::fs::metadata(snap.join("memory")).unwrap();
+    let on_disk = std::os::unix::fs::MetadataExt::blocks(&image) * 512;
+    assert_eq!(image.len(), 256 << 20);
+    assert!(
+        on_disk < image.len() / 2,
+        "the memory image holds {on_disk} bytes of a 256 MiB guest: not sparse"
+    );
+
+    let restored_at = Instant::now();
+    let second = dir.path().join("restored.sock");
+    let mut restored = Vmm::start(vmm_cmd(&second).arg("--restore").arg(&snap));
+    let answered = talk(&second, restored_at, ANSWER_DEADLINE, true);
+    let (code, log) = restored.finish(if answered.is_ok() {
+        EXIT_DEADLINE
+    } else {
+        Duration::ZERO
+    });
+    let answered = answered.unwrap_or_else(|e| panic!("restored VM: {e}\n{log}"));
+    assert_eq!(
+        code,
+        Some(0),
+        "DestroySandbox must end the restored VMM with 0:\n{log}"
+    );
+    // The agent (PID 1) logs its start to the console: a restored VM
+    // goes on from where its template was, it does not start again.
+    assert!(
+        !log.contains("agent listening"),
+        "the restored VM started its agent again instead of resuming:\n{log}"
+    );
+    println!(
+        "agent answered {booted:?} after a boot, {answered:?} after a restore; memory image {} KiB on disk",
+        on_disk / 1024
+    );
+}

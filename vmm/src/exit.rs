@@ -57,13 +57,15 @@ pub enum ExitReason {
     },
     /// `Vmm::run_for` ran out of time.
     TimedOut,
+    /// The VM was paused, saved and ended (`RunningVm::snapshot`).
+    Snapshotted,
 }
 
 impl ExitReason {
     /// The process exit code for this reason.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::Reset | ExitReason::Halted { .. } => EXIT_OK,
+            ExitReason::Reset | ExitReason::Halted { .. } | ExitReason::Snapshotted => EXIT_OK,
             ExitReason::GuestPanic => EXIT_GUEST_PANIC,
             ExitReason::TripleFault => EXIT_TRIPLE_FAULT,
             ExitReason::InternalError { .. }
@@ -90,6 +92,7 @@ impl ExitReason {
             }
             ExitReason::VcpuError { vcpu, detail } => format!("vcpu {vcpu} failed: {detail}"),
             ExitReason::TimedOut => "timed out".into(),
+            ExitReason::Snapshotted => "snapshot taken; the VM ended".into(),
         }
     }
 }

@@ -213,7 +213,28 @@ fn set_parent_death_signal() -> Result<(), JailError> {
     Ok(())
 }
 
+/// The jailed VMM's pid, for the monitor's SIGUSR1 forwarder.
+static JAILED_CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_to_child(sig: libc::c_int) {
+    let child = JAILED_CHILD.load(std::sync::atomic::Ordering::SeqCst);
+    if child > 0 {
+        // SAFETY: kill is async-signal-safe; the pid is our own child.
+        unsafe { libc::kill(child, sig) };
+    }
+}
+
 fn monitor(child: libc::pid_t, cfg: &JailConfig, mode: SeccompMode, _pipe: OwnedFd) -> ! {
+    // SIGUSR1 asks a template VMM (--snapshot-to) for its snapshot: whoever
+    // started cocoon-vmm signals this process, the VMM is our child.
+    JAILED_CHILD.store(child, std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: installing a handler that only calls kill (async-signal-safe).
+    unsafe {
+        libc::signal(
+            libc::SIGUSR1,
+            forward_to_child as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
     for fd in &cfg.monitor_closes {
         // SAFETY: the VMM's inherited descriptors, which the monitor never
         // uses; closing this process's copies leaves the VMM's open.

@@ -2,8 +2,12 @@
 //! code that says how the guest ended.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::signal::register_signal_handler;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -20,8 +24,8 @@ use cocoon_vmm::exit::{
 use cocoon_vmm::jail::{self, JailConfig};
 use cocoon_vmm::seccomp::{self, SeccompMode};
 use cocoon_vmm::{
-    BootSource, ExitReason, KernelBoot, KvmFlavor, SerialOutput, VmConfig, VmmBuilder, VmmError,
-    VsockConfig,
+    BootSource, ExitReason, KernelBoot, KvmFlavor, LoadedSnapshot, SerialOutput, VmConfig,
+    VmmBuilder, VmmError, VsockConfig,
 };
 
 const EXIT_CODES_HELP: &str = "\
@@ -120,6 +124,53 @@ struct Args {
     /// The unprivileged gid of the jailed VMM (not 0).
     #[arg(long, value_name = "GID", requires = "jail")]
     jail_gid: Option<u32>,
+    /// Make this a template VM: on SIGUSR1, pause the guest, save it into
+    /// DIR (an existing, empty directory) and exit 0. Widens the main and
+    /// vCPU threads' seccomp lists by what saving needs.
+    /// With --jail, DIR must be inside the jail directory.
+    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    snapshot_to: Option<PathBuf>,
+    /// Continue from the snapshot in DIR instead of booting. --vcpus,
+    /// --memory and the devices (same kinds, same order) must be those of
+    /// the VM it was taken from; the devices get the backends given here.
+    /// Read before entering --jail: DIR need not be inside it.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
+}
+
+/// Set by SIGUSR1 when --snapshot-to is given.
+static SNAPSHOT_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_snapshot(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    SNAPSHOT_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Runs the VM; with `snapshot_to`, saves it there on SIGUSR1 and ends it.
+fn run_vm(vmm: cocoon_vmm::Vmm, snapshot_to: Option<&Path>) -> anyhow::Result<ExitReason> {
+    let running = vmm.start().context("the VM failed")?;
+    let Some(dir) = snapshot_to else {
+        return running.wait(None).context("the VM failed");
+    };
+    loop {
+        if running.poll_exit(Duration::from_millis(50)).is_some() {
+            return running.wait(Some(Duration::ZERO)).context("the VM failed");
+        }
+        if SNAPSHOT_REQUESTED.swap(false, Ordering::SeqCst) {
+            let started = Instant::now();
+            let saved = running.snapshot(dir);
+            let reason = running.wait(Some(Duration::ZERO));
+            let stats =
+                saved.with_context(|| format!("cannot save the VM into {}", dir.display()))?;
+            tracing::info!(
+                dir = %dir.display(),
+                allocated = stats.allocated,
+                written = stats.written,
+                took = ?started.elapsed(),
+                "snapshot taken"
+            );
+            return reason.context("the VM failed");
+        }
+    }
 }
 
 /// RLIMIT_NOFILE of a jailed VMM: its KVM, eventfd and socket fds, and
@@ -304,6 +355,9 @@ fn paths_into_jail(args: &mut Args, jail: &JailConfig) -> anyhow::Result<()> {
     if let Some(p) = &mut args.log_file {
         *p = jail.inside(p).context("--log-file")?;
     }
+    if let Some(p) = &mut args.snapshot_to {
+        *p = jail.inside(p).context("--snapshot-to")?;
+    }
     Ok(())
 }
 
@@ -351,12 +405,23 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
             .with_context(|| format!("virtio-fs device '{}'", cfg.tag.as_str()))?;
         fs.push((cfg, stream));
     }
+    // Read before the jail hides it; many VMs restore from one snapshot.
+    let loaded = match &args.restore {
+        Some(dir) => Some(
+            LoadedSnapshot::read(dir, args.memory << 20)
+                .with_context(|| format!("cannot restore the VM from {}", dir.display()))?,
+        ),
+        None => None,
+    };
     if let Some(jail) = &jail {
         cocoon_vmm::vstate::vm::preopen_kvm().context("cannot set up the VM")?;
         paths_into_jail(&mut args, jail)?;
         jail::enter(jail).context("cannot enter the jail")?;
     }
     init_logging(&args)?;
+    if args.snapshot_to.is_some() {
+        seccomp::allow_snapshots();
+    }
     seccomp::set_mode(args.seccomp).context("cannot set up the seccomp filters")?;
     let config = VmConfig {
         boot: BootSource::Kernel(KernelBoot {
@@ -375,7 +440,11 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
         vsock: args.vsock,
         fs: Vec::new(),
     };
-    let mut builder = VmmBuilder::new(config).context("cannot set up the VM")?;
+    let mut builder = match loaded {
+        Some(loaded) => VmmBuilder::restore_loaded(config, loaded)
+            .context("cannot restore the VM from its snapshot")?,
+        None => VmmBuilder::new(config).context("cannot set up the VM")?,
+    };
     for (cfg, stream) in fs {
         builder.add_fs_connected(&cfg, stream)?;
     }
@@ -385,18 +454,34 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
     let vmm = builder.build().context("cannot set up the VM")?;
     if jail.is_some() {
         let largest_block = block_sizes.iter().copied().max().unwrap_or(0);
-        jail::limit_file_size(args.console_limit.max(args.log_limit).max(largest_block))
-            .context("cannot set up the jail")?;
+        // A snapshot's memory image is a sparse file of guest RAM's size.
+        let image = if args.snapshot_to.is_some() {
+            args.memory << 20
+        } else {
+            0
+        };
+        jail::limit_file_size(
+            args.console_limit
+                .max(args.log_limit)
+                .max(largest_block)
+                .max(image),
+        )
+        .context("cannot set up the jail")?;
     }
     tracing::info!(
         cmdline = vmm.cmdline().unwrap_or_default(),
         "starting guest"
     );
+    if args.snapshot_to.is_some() {
+        // The handler only stores to an atomic (async-signal-safe).
+        register_signal_handler(libc::SIGUSR1, request_snapshot)
+            .context("cannot install the SIGUSR1 (snapshot) handler")?;
+    }
     let terminal = RawTerminal::enable();
-    let reason = vmm.run().context("the VM failed");
+    let reason = run_vm(vmm, args.snapshot_to.as_deref());
     drop(terminal);
     let reason = reason?;
-    if reason != ExitReason::Reset {
+    if !matches!(reason, ExitReason::Reset | ExitReason::Snapshotted) {
         eprintln!("cocoon-vmm: {}", reason.describe());
     }
     Ok(reason.exit_code())

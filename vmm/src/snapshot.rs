@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::devices::virtio::mmio::persist::MmioTransportState;
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm_state::VmState;
 
@@ -140,6 +141,8 @@ pub struct VmSnapshot {
     pub vcpus: Vec<VcpuState>,
     /// COM1.
     pub serial: SerialSnapshot,
+    /// Each virtio-mmio slot's transport, in slot order.
+    pub devices: Vec<MmioTransportState>,
 }
 
 fn digest(bytes: &[u8]) -> [u8; DIGEST] {
@@ -245,6 +248,7 @@ mod tests {
                 in_buffer: vec![b'x'],
                 ..Default::default()
             },
+            devices: Vec::new(),
         }
     }
 

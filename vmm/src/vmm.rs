@@ -113,9 +113,30 @@ pub enum VmmError {
         /// The configuration's value.
         asked: u64,
     },
-    /// Device state cannot be saved yet.
-    #[error("the VM has {0} virtio device(s), whose state cannot be saved yet")]
-    SnapshotDevices(usize),
+    /// The snapshot has another number of virtio devices.
+    #[error("the snapshot has {saved} virtio device(s); the configuration attaches another number (same devices, same order needed)")]
+    SnapshotDeviceCount {
+        /// Devices in the snapshot.
+        saved: usize,
+    },
+    /// A virtio device's saved state does not fit the device.
+    #[error("cannot restore the virtio device in slot {slot}")]
+    DeviceRestore {
+        /// The virtio-mmio slot.
+        slot: u64,
+        /// The cause.
+        #[source]
+        source: crate::devices::virtio::mmio::persist::PersistError,
+    },
+    /// A virtio device's state cannot be saved.
+    #[error("cannot save the virtio device in slot {slot}")]
+    DeviceSave {
+        /// The virtio-mmio slot.
+        slot: usize,
+        /// The cause.
+        #[source]
+        source: crate::devices::virtio::mmio::persist::PersistError,
+    },
     /// The snapshot's state file.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -156,6 +177,36 @@ fn serial_sink(output: &SerialOutput, limit: u64) -> Result<Box<dyn Write + Send
     })
 }
 
+/// A snapshot read from its directory: its state checked, its memory
+/// image loaded into new guest RAM.
+pub struct LoadedSnapshot {
+    dir: PathBuf,
+    snapshot: VmSnapshot,
+    ram: GuestRam,
+}
+
+impl LoadedSnapshot {
+    /// Read the snapshot in `dir` for a VM of `memory_bytes` bytes of RAM
+    /// (the memory image must be that size).
+    pub fn read(dir: &Path, memory_bytes: u64) -> Result<Self, VmmError> {
+        let snapshot = snapshot::read_state(dir)?;
+        if snapshot.memory_bytes != memory_bytes {
+            return Err(VmmError::SnapshotMismatch {
+                dir: dir.to_owned(),
+                what: "memory bytes",
+                saved: snapshot.memory_bytes,
+                asked: memory_bytes,
+            });
+        }
+        let ram = memory_image::load(&dir.join(snapshot::MEMORY_FILE), memory_bytes)?;
+        Ok(LoadedSnapshot {
+            dir: dir.to_owned(),
+            snapshot,
+            ram,
+        })
+    }
+}
+
 /// A VM under construction: memory and legacy devices exist; more devices
 /// can be added before the guest is loaded by `build`.
 pub struct VmmBuilder {
@@ -171,6 +222,8 @@ pub struct VmmBuilder {
     workers: Vec<ThreadKind>,
     /// Set when the VM continues from a snapshot instead of booting.
     snapshot: Option<VmSnapshot>,
+    /// The virtio-mmio transports, by slot (for snapshots).
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 /// The worker thread kind of a virtio device type.
@@ -194,10 +247,17 @@ impl VmmBuilder {
     /// port are the snapshot's. `config` must have the snapshot's vCPU
     /// count, memory size and irqchip choice; its devices get new backends.
     pub fn restore(config: VmConfig, dir: &Path) -> Result<Self, VmmError> {
-        let snapshot = snapshot::read_state(dir)?;
+        let loaded = LoadedSnapshot::read(dir, config.memory_bytes())?;
+        Self::restore_loaded(config, loaded)
+    }
+
+    /// [`VmmBuilder::restore`] from a snapshot read earlier (before a jail
+    /// hid its directory).
+    pub fn restore_loaded(config: VmConfig, loaded: LoadedSnapshot) -> Result<Self, VmmError> {
+        let LoadedSnapshot { dir, snapshot, ram } = loaded;
         let mismatch = |what: &'static str, saved: u64, asked: u64| {
             Err(VmmError::SnapshotMismatch {
-                dir: dir.to_owned(),
+                dir: dir.clone(),
                 what,
                 saved,
                 asked,
@@ -206,7 +266,7 @@ impl VmmBuilder {
         if snapshot.vcpu_count != config.vcpus {
             return mismatch("vcpus", snapshot.vcpu_count.into(), config.vcpus.into());
         }
-        if snapshot.memory_bytes != config.memory_bytes() {
+        if snapshot.memory_bytes != config.memory_bytes() || ram.size != snapshot.memory_bytes {
             return mismatch("memory bytes", snapshot.memory_bytes, config.memory_bytes());
         }
         if snapshot.vm.irqchip.is_some() != config.irqchip {
@@ -229,7 +289,6 @@ impl VmmBuilder {
                 config.vcpus.into(),
             );
         }
-        let ram = memory_image::load(&dir.join(snapshot::MEMORY_FILE), config.memory_bytes())?;
         Self::create(config, Some((snapshot, ram)))
     }
 
@@ -284,6 +343,7 @@ impl VmmBuilder {
             virtio: Vec::new(),
             workers: Vec::new(),
             snapshot,
+            transports: Vec::new(),
         };
         if let Some(v) = builder.config.vsock.clone() {
             builder.add_vsock(&v)?;
@@ -346,11 +406,37 @@ impl VmmBuilder {
                     source,
                 })?;
         }
-        self.workers.extend(worker_kind(device.device_type()));
+        let kind = worker_kind(device.device_type());
         let interrupt = Arc::new(VirtioInterrupt::new(self.vm.irq_eventfd(decl.irq)?));
-        let transport = MmioTransport::new(device, self.ram.mem.clone(), interrupt);
-        self.mmio
-            .insert(Arc::new(Mutex::new(transport)), decl.base, decl.size)?;
+        let mem = self.ram.mem.clone();
+        let transport = match &self.snapshot {
+            Some(snapshot) => {
+                let state =
+                    snapshot
+                        .devices
+                        .get(n as usize)
+                        .ok_or(VmmError::SnapshotDeviceCount {
+                            saved: snapshot.devices.len(),
+                        })?;
+                // A restored device activates now, before any filter
+                // exists: its worker thread is made (and parked) first.
+                match kind {
+                    Some(kind) if state.activated && seccomp::mode() != SeccompMode::Off => {
+                        threads::reserve(kind, 1)?;
+                    }
+                    _ => self.workers.extend(kind),
+                }
+                MmioTransport::restore(device, mem, interrupt, state)
+                    .map_err(|source| VmmError::DeviceRestore { slot: n, source })?
+            }
+            None => {
+                self.workers.extend(kind);
+                MmioTransport::new(device, mem, interrupt)
+            }
+        };
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio.insert(transport.clone(), decl.base, decl.size)?;
+        self.transports.push(transport);
         self.virtio.push(decl);
         Ok(decl)
     }
@@ -406,6 +492,11 @@ impl VmmBuilder {
     pub fn build(self) -> Result<Vmm, VmmError> {
         let vcpu_count = self.config.vcpus;
         if let Some(snapshot) = &self.snapshot {
+            if snapshot.devices.len() != self.transports.len() {
+                return Err(VmmError::SnapshotDeviceCount {
+                    saved: snapshot.devices.len(),
+                });
+            }
             let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
             for state in &snapshot.vcpus {
                 let vcpu = Vcpu::new(&self.vm, state.index)?;
@@ -448,7 +539,7 @@ impl VmmBuilder {
             vcpus,
             cmdline,
             workers: self.workers,
-            virtio_devices: self.virtio.len(),
+            transports: self.transports,
         }
     }
 }
@@ -465,7 +556,7 @@ pub struct Vmm {
     cmdline: Option<String>,
     serial_input: bool,
     workers: Vec<ThreadKind>,
-    virtio_devices: usize,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl Vmm {
@@ -609,6 +700,11 @@ impl RunningVm {
         Ok(reason)
     }
 
+    /// The exit reason, once the VM stopped; waits up to `timeout`.
+    pub fn poll_exit(&self, timeout: Duration) -> Option<ExitReason> {
+        self.vmm.exit.wait(Some(timeout))
+    }
+
     /// Park every vCPU outside `KVM_RUN`; their states, by index. The VM
     /// stays paused until [`RunningVm::resume`].
     pub fn pause(&self) -> Result<Vec<VcpuState>, VmmError> {
@@ -631,16 +727,22 @@ impl RunningVm {
     }
 
     /// Pause the VM and write a snapshot of it into `dir` (an existing,
-    /// empty directory). The VM stays paused: [`RunningVm::resume`] lets it
-    /// go on, [`RunningVm::wait`] with a zero timeout ends it.
-    ///
-    /// Devices are not saved yet: only VMs whose guest has no virtio
-    /// device can be snapshotted (payloads); anything else is refused.
+    /// empty directory), then end it: its virtio devices are quiesced
+    /// (their workers stopped) for the snapshot, so the VM cannot go on.
+    /// [`RunningVm::wait`] with a zero timeout collects it.
     pub fn snapshot(&self, dir: &Path) -> Result<ImageStats, VmmError> {
-        if self.vmm.virtio_devices > 0 {
-            return Err(VmmError::SnapshotDevices(self.vmm.virtio_devices));
-        }
         let vcpus = self.pause()?;
+        // From here on the VM does not run again, whatever happens.
+        self.vmm.exit.request(ExitReason::Snapshotted);
+        let mut devices = Vec::with_capacity(self.vmm.transports.len());
+        for (slot, t) in self.vmm.transports.iter().enumerate() {
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            t.quiesce();
+            devices.push(
+                t.save()
+                    .map_err(|source| VmmError::DeviceSave { slot, source })?,
+            );
+        }
         let vm = VmState::save(self.vmm.vm.fd(), self.vmm.vm.has_irqchip())?;
         let serial = self
             .vmm
@@ -655,6 +757,7 @@ impl RunningVm {
             vm,
             vcpus,
             serial,
+            devices,
         };
         let stats = memory_image::save(&self.vmm.ram, &dir.join(snapshot::MEMORY_FILE))?;
         snapshot::write_state(dir, &state)?;

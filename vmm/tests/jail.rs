@@ -407,3 +407,98 @@ fn bad_jail_settings_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("WARNING: --seccomp off"), "{err}");
 }
+
+/// 64-bit code: `msg` out of COM1, then a `.` after every busy loop,
+/// forever.
+fn ticking_payload(msg: &[u8]) -> Vec<u8> {
+    let mut code = vec![
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0x48, 0x8d, 0x35, 0x15, 0x00, 0x00, 0x00, // lea rsi, [rip + 21] (msg)
+        0xb9, // mov ecx, len
+    ];
+    code.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    code.extend_from_slice(&[
+        0xf3, 0x6e, // rep outsb
+        0xb0, b'.', // tick: mov al, '.'
+        0xee, // out dx, al
+        0xb9, 0x00, 0x00, 0x04, 0x00, // mov ecx, 0x40000
+        0xff, 0xc9, // delay: dec ecx
+        0x75, 0xfc, // jnz delay
+        0xeb, 0xf2, // jmp tick
+    ]);
+    assert_eq!(code.len(), 32);
+    code.extend_from_slice(msg);
+    code
+}
+
+fn console_of(s: &Setup) -> String {
+    std::fs::read_to_string(s.jail.join("console.log")).unwrap_or_default()
+}
+
+fn wait_console(s: &Setup, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let console = console_of(s);
+        if ok(&console) {
+            return console;
+        }
+        assert!(Instant::now() < deadline, "{what}: console {console:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `--snapshot-to` in a jail: SIGUSR1 to the monitor (the process that
+/// was started) reaches the jailed VMM, which saves into a directory
+/// inside its jail and exits 0; `--restore` in another jail (the
+/// snapshot read before entering it) goes on where the guest was: it
+/// ticks on without printing its boot message again. Both filtered.
+#[test]
+fn a_jailed_template_saves_on_sigusr1_and_a_jailed_restore_goes_on() {
+    assert_root();
+    let s = setup(b"");
+    std::fs::write(&s.kernel, elf(&ticking_payload(b"booted\n"))).unwrap();
+    let snap = s.jail.join("snapshot");
+    std::fs::create_dir(&snap).unwrap();
+    std::os::unix::fs::chown(&snap, Some(UID), Some(GID)).unwrap();
+    let snap_arg = snap.display().to_string();
+    let mut monitor = Running(start(&s, &["--snapshot-to", &snap_arg]));
+    jailed_child(monitor.0.id(), Duration::from_secs(30));
+    wait_console(&s, "the template never ticked", |c| {
+        c.starts_with("booted\n") && c.ends_with("..")
+    });
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(monitor.0.id() as i32, libc::SIGUSR1) };
+    let st = wait_exit(&mut monitor.0, Duration::from_secs(30));
+    let err = stderr_of(&mut monitor.0);
+    assert_eq!(st.code(), Some(0), "{st:?}: {err}");
+    let log = std::fs::read_to_string(s.jail.join("vmm.log")).unwrap();
+    assert!(log.contains("snapshot taken"), "{log}");
+    assert_eq!(entries(&snap), ["memory", "state"]);
+
+    let r = setup(b"");
+    std::fs::copy(&s.kernel, &r.kernel).unwrap();
+    let mut restored = Running(start(&r, &["--restore", &snap_arg]));
+    jailed_child(restored.0.id(), Duration::from_secs(30));
+    let console = wait_console(&r, "the restored VM never ticked", |c| c.ends_with("..."));
+    assert!(
+        !console.contains("booted"),
+        "the restored VM started over instead of going on: {console:?}"
+    );
+    assert!(console.chars().all(|c| c == '.'), "{console:?}");
+    drop(restored);
+
+    // A snapshot of another memory size is refused, naming both sizes.
+    let out = Command::new(vmm())
+        .arg("--allow-slow-kvm")
+        .arg("--kernel")
+        .arg(&r.kernel)
+        .args(["--memory", "64", "--serial", "none", "--restore", &snap_arg])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("memory bytes = 33554432") && err.contains("67108864"),
+        "{err}"
+    );
+}

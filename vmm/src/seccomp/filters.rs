@@ -23,6 +23,43 @@ pub const FIONBIO: u64 = 0x5421;
 /// `FIOCLEX`.
 pub const FIOCLEX: u64 = 0x5451;
 
+/// `_IOC(dir, 0xAE, nr, size)`: a KVM ioctl number.
+const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+const IOC_READ: u64 = 2;
+const IOC_RW: u64 = 3;
+
+/// The `KVM_GET_*` ioctls a parked vCPU thread makes to save itself.
+pub fn vcpu_save_ioctls() -> [u64; 11] {
+    use kvm_bindings::*;
+    use std::mem::size_of;
+    [
+        kvm_ioc(IOC_RW, 0x91, size_of::<kvm_cpuid2>()), // KVM_GET_CPUID2
+        kvm_ioc(IOC_RW, 0x88, size_of::<kvm_msrs>()),   // KVM_GET_MSRS
+        kvm_ioc(IOC_READ, 0x81, size_of::<kvm_regs>()), // KVM_GET_REGS
+        kvm_ioc(IOC_READ, 0x83, size_of::<kvm_sregs>()), // KVM_GET_SREGS
+        kvm_ioc(IOC_READ, 0xa4, size_of::<kvm_xsave>()), // KVM_GET_XSAVE
+        kvm_ioc(IOC_READ, 0xa6, size_of::<kvm_xcrs>()), // KVM_GET_XCRS
+        kvm_ioc(IOC_READ, 0xa1, size_of::<kvm_debugregs>()), // KVM_GET_DEBUGREGS
+        kvm_ioc(IOC_READ, 0x8e, size_of::<kvm_lapic_state>()), // KVM_GET_LAPIC
+        kvm_ioc(IOC_READ, 0x98, size_of::<kvm_mp_state>()), // KVM_GET_MP_STATE
+        kvm_ioc(IOC_READ, 0x9f, size_of::<kvm_vcpu_events>()), // KVM_GET_VCPU_EVENTS
+        kvm_ioc(0, 0xa3, 0),                            // KVM_GET_TSC_KHZ
+    ]
+}
+
+/// The `KVM_GET_*` ioctls the main thread makes on the VM to save it.
+pub fn vm_save_ioctls() -> [u64; 3] {
+    use kvm_bindings::*;
+    use std::mem::size_of;
+    [
+        kvm_ioc(IOC_RW, 0x62, size_of::<kvm_irqchip>()), // KVM_GET_IRQCHIP
+        kvm_ioc(IOC_READ, 0x9f, size_of::<kvm_pit_state2>()), // KVM_GET_PIT2
+        kvm_ioc(IOC_READ, 0x7c, size_of::<kvm_clock_data>()), // KVM_GET_CLOCK
+    ]
+}
+
 /// What compiling a rule can fail with.
 struct Fail(String);
 
@@ -135,6 +172,7 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, Fail> {
     if kind != ThreadKind::Monitor {
         common(&mut r)?;
     }
+    let snapshots = super::snapshots_allowed();
     match kind {
         ThreadKind::Main => {
             // Teardown: device drops stop workers (eventfd writes, joins),
@@ -143,9 +181,29 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, Fail> {
                 &mut r,
                 &[libc::SYS_unlink, libc::SYS_unlinkat, libc::SYS_epoll_ctl],
             );
+            if snapshots {
+                // Saving the VM: its KVM state, device quiescing (virtio-fs
+                // stops its rings over vhost-user) and the image files.
+                allow_arg_in(&mut r, libc::SYS_ioctl, 1, &vm_save_ioctls())?;
+                allow(
+                    &mut r,
+                    &[
+                        libc::SYS_sendmsg,
+                        libc::SYS_recvmsg,
+                        libc::SYS_sendto,
+                        libc::SYS_recvfrom,
+                        libc::SYS_pread64,
+                        libc::SYS_pwrite64,
+                        libc::SYS_fsync,
+                    ],
+                );
+            }
         }
         ThreadKind::Vcpu => {
             allow_arg_in(&mut r, libc::SYS_ioctl, 1, &[KVM_RUN, FIONBIO, FIOCLEX])?;
+            if snapshots {
+                allow_arg_in(&mut r, libc::SYS_ioctl, 1, &vcpu_save_ioctls())?;
+            }
             allow(
                 &mut r,
                 &[

@@ -143,6 +143,20 @@ pub enum SeccompError {
 }
 
 static MODE: OnceLock<SeccompMode> = OnceLock::new();
+static SNAPSHOTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Widen the main and vCPU threads' lists by what saving a snapshot needs
+/// (`KVM_GET_*` ioctls, positioned file I/O, vhost-user messages). Only for
+/// a VMM started to be snapshotted (a template VM, which runs no tenant
+/// code); call before any filter is installed.
+pub fn allow_snapshots() {
+    SNAPSHOTS.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`allow_snapshots`] was called.
+pub fn snapshots_allowed() -> bool {
+    SNAPSHOTS.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// Sets the process's mode, once, before any thread that calls [`enter`]
 /// exists. `Audit` starts the audit thread.

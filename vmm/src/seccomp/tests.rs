@@ -143,3 +143,32 @@ fn modes_parse() {
     let e = "lax".parse::<SeccompMode>().unwrap_err().to_string();
     assert!(e.contains("not enforce, audit or off"), "{e}");
 }
+
+#[test]
+fn snapshot_ioctl_numbers_are_the_kernels() {
+    // As <linux/kvm.h> defines them on x86_64.
+    assert_eq!(
+        filters::vcpu_save_ioctls(),
+        [
+            0xc008_ae91, // KVM_GET_CPUID2
+            0xc008_ae88, // KVM_GET_MSRS
+            0x8090_ae81, // KVM_GET_REGS
+            0x8138_ae83, // KVM_GET_SREGS
+            0x9000_aea4, // KVM_GET_XSAVE
+            0x8188_aea6, // KVM_GET_XCRS
+            0x8080_aea1, // KVM_GET_DEBUGREGS
+            0x8400_ae8e, // KVM_GET_LAPIC
+            0x8004_ae98, // KVM_GET_MP_STATE
+            0x8040_ae9f, // KVM_GET_VCPU_EVENTS
+            0xaea3,      // KVM_GET_TSC_KHZ
+        ]
+    );
+    assert_eq!(
+        filters::vm_save_ioctls(),
+        [
+            0xc208_ae62, // KVM_GET_IRQCHIP
+            0x8070_ae9f, // KVM_GET_PIT2
+            0x8030_ae7c, // KVM_GET_CLOCK
+        ]
+    );
+}

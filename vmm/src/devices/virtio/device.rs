@@ -174,6 +174,16 @@ pub trait VirtioDevice: Send {
     /// Stop the device and forget its queues (status written to 0).
     fn reset(&mut self);
 
+    /// Before a snapshot (vCPUs paused): stop processing so that every
+    /// chain the device popped is in the used ring, which is what the
+    /// transport's save reads its queue progress from. The VM is not run
+    /// again after this; its snapshot is.
+    fn quiesce(&mut self) {}
+
+    /// Before a restored transport activates this device: the guest's
+    /// driver state comes from a VM with other backends.
+    fn restoring(&mut self) {}
+
     /// EventFds to register as KVM ioeventfds on QueueNotify (index = queue,
     /// datamatch = queue index); such notifications then never reach
     /// `queue_notify`. Empty for devices notified through `queue_notify`.

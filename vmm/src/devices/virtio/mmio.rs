@@ -92,6 +92,12 @@ impl MmioTransport {
         &self.interrupt
     }
 
+    /// Stop the device's processing before a snapshot (see
+    /// [`VirtioDevice::quiesce`]).
+    pub fn quiesce(&mut self) {
+        self.device.quiesce();
+    }
+
     /// The current device status.
     pub fn status(&self) -> u32 {
         self.status

@@ -184,6 +184,12 @@ impl VirtioDevice for Fs {
         }
     }
 
+    fn quiesce(&mut self) {
+        // Stops the worker and the backend's rings (GET_VRING_BASE), so
+        // virtiofsd touches no ring after this.
+        self.reset();
+    }
+
     fn reset(&mut self) {
         self.stop_worker();
         let started = std::mem::take(&mut self.started);

@@ -294,6 +294,7 @@ impl MmioTransport {
             transport.device.ack_features(state.driver_features);
         }
         if state.activated {
+            transport.device.restoring();
             transport.try_activate().map_err(|e| match e {
                 ActivationFailure::InvalidQueue(index) => {
                     PersistError::QueueOutsideMemory { index }

@@ -300,4 +300,8 @@ impl VirtioDevice for Net {
         self.stop_worker();
         self.broken.store(false, Ordering::SeqCst);
     }
+
+    fn quiesce(&mut self) {
+        self.stop_worker();
+    }
 }

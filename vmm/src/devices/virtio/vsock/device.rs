@@ -9,7 +9,10 @@ use vm_memory::GuestMemoryMmap;
 
 use super::packet::{self, VsockPacket};
 use super::worker::{self, WorkerHandle};
-use super::{VsockBackend, VsockError, MIN_GUEST_CID, QUEUE_SIZE, RXQ, TXQ, VIRTIO_ID_VSOCK};
+use super::{
+    VsockBackend, VsockError, EVQ, MIN_GUEST_CID, QUEUE_SIZE, RXQ, TXQ, VIRTIO_ID_VSOCK,
+    VIRTIO_VSOCK_EVENT_TRANSPORT_RESET,
+};
 use crate::devices::virtio::device::{ActivateError, VirtioDevice, VirtioInterrupt};
 
 /// Most descriptors in one packet's chain.
@@ -44,6 +47,8 @@ pub struct VsockCore<B: VsockBackend> {
     pkt: VsockPacket,
     broken: bool,
     tx_stalled: bool,
+    /// Tell the driver its connections are gone (a restored VM).
+    reset_pending: bool,
 }
 
 impl<B: VsockBackend> VsockCore<B> {
@@ -64,7 +69,47 @@ impl<B: VsockBackend> VsockCore<B> {
             pkt: VsockPacket::new(),
             broken: false,
             tx_stalled: false,
+            reset_pending: false,
         }
+    }
+
+    /// Send `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` before anything else: the
+    /// guest's connections were to a backend that no longer exists.
+    pub fn with_transport_reset(mut self) -> Self {
+        self.reset_pending = true;
+        self
+    }
+
+    /// Post a pending transport reset on the event queue. Returns whether
+    /// it was posted (false: none pending, or no event buffer yet).
+    pub fn announce_transport_reset(&mut self) -> bool {
+        if !self.reset_pending {
+            return false;
+        }
+        let Some(chain) = pop(&mut self.queues[EVQ], &self.mem, &mut self.broken) else {
+            crate::limited!(
+                warn,
+                "vsock transport reset pending but the driver posted no event buffer"
+            );
+            return false;
+        };
+        let head = chain.head_index();
+        let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+        let written = packet::collect_descs(&self.mem, chain, true, MAX_CHAIN_DESCS)
+            .and_then(|descs| packet::write_bytes(&self.mem, &descs, &event));
+        let len = match written {
+            Ok(n) => n,
+            Err(e) => {
+                crate::limited!(warn, error = %e, "vsock event buffer unusable");
+                0
+            }
+        };
+        self.reset_pending = false;
+        let used = self.add_used(EVQ, head, len);
+        if used {
+            self.interrupt.signal_used_queue();
+        }
+        used
     }
 
     /// The device stopped after a broken queue.
@@ -211,6 +256,8 @@ pub struct Vsock<B: VsockBackend> {
     queue_sizes: [u16; 3],
     backend: Option<B>,
     worker: Option<WorkerHandle<B>>,
+    /// Set by `restoring`: the next activation announces a transport reset.
+    reset_on_activate: bool,
 }
 
 impl<B: VsockBackend> Vsock<B> {
@@ -225,6 +272,7 @@ impl<B: VsockBackend> Vsock<B> {
             queue_sizes: [QUEUE_SIZE; 3],
             backend: Some(backend),
             worker: None,
+            reset_on_activate: false,
         })
     }
 
@@ -307,7 +355,10 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
             .backend
             .take()
             .ok_or_else(|| ActivateError::Backend("vsock backend lost".into()))?;
-        let core = VsockCore::new(mem, queues, interrupt, backend, self.cid);
+        let mut core = VsockCore::new(mem, queues, interrupt, backend, self.cid);
+        if std::mem::take(&mut self.reset_on_activate) {
+            core = core.with_transport_reset();
+        }
         match worker::spawn(core) {
             Ok(w) => {
                 self.worker = Some(w);
@@ -329,6 +380,14 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
 
     fn reset(&mut self) {
         self.stop_worker();
+    }
+
+    fn quiesce(&mut self) {
+        self.stop_worker();
+    }
+
+    fn restoring(&mut self) {
+        self.reset_on_activate = true;
     }
 }
 

@@ -45,6 +45,8 @@ pub const TXQ: usize = 1;
 pub const EVQ: usize = 2;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
+/// `virtio_vsock_event.id` of a transport reset (virtio 1.2 §5.10.6.8).
+pub const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 /// The host's CID.
 pub const VSOCK_HOST_CID: u64 = 2;
 /// Smallest CID a guest may have.

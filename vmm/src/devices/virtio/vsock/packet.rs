@@ -290,6 +290,30 @@ pub fn rx_capacity(descs: &[(GuestAddress, usize)]) -> Result<usize, PacketError
     Ok((total - HDR_SIZE).min(MAX_PKT_DATA))
 }
 
+/// Write `bytes` (an event) across the writable buffers `descs`; all of
+/// it must fit. Returns the bytes written.
+pub fn write_bytes(
+    mem: &GuestMemoryMmap,
+    descs: &[(GuestAddress, usize)],
+    bytes: &[u8],
+) -> Result<u32, PacketError> {
+    let capacity = descs.iter().map(|d| d.1).fold(0, usize::saturating_add);
+    if capacity < bytes.len() {
+        return Err(PacketError::RxTooSmall(capacity));
+    }
+    let mut rest = bytes;
+    for &(addr, len) in descs {
+        let n = rest.len().min(len);
+        mem.write_slice(&rest[..n], addr)
+            .map_err(|_| PacketError::OutOfMemory)?;
+        rest = &rest[n..];
+        if rest.is_empty() {
+            break;
+        }
+    }
+    Ok(bytes.len() as u32)
+}
+
 /// Write `pkt` (header and data) into an rx chain; returns the bytes written.
 pub fn write_rx(
     mem: &GuestMemoryMmap,

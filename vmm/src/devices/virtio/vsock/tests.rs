@@ -267,3 +267,43 @@ fn test_chains_have_the_spec_descriptor_layout() {
     // Second: device-writable (WRITE = 2), last of the chain.
     assert_eq!((le64(16), le32(24), le16(28), le16(30)), (B, 4000, 2, 0));
 }
+
+#[test]
+fn a_restored_device_announces_a_transport_reset_first() {
+    let t = TestMemory::default();
+    let (core, irq) = t.core(TestBackend::default());
+    let mut core = core.with_transport_reset();
+    // No event buffer yet: nothing posted, still pending.
+    assert!(!core.announce_transport_reset());
+    t.add_chain(EVQ, 0, &[(A, 8, true)]);
+    t.mem.write_obj(0xffff_ffffu32, GuestAddress(A)).unwrap();
+    assert!(core.announce_transport_reset());
+    assert_eq!(t.used(EVQ), vec![(0, 4)]);
+    let id: u32 = t.mem.read_obj(GuestAddress(A)).unwrap();
+    assert_eq!(id, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET);
+    assert_eq!(irq.read().unwrap(), 1);
+    // Once only.
+    t.add_chain(EVQ, 1, &[(B, 8, true)]);
+    assert!(!core.announce_transport_reset());
+    assert_eq!(t.used(EVQ).len(), 1);
+}
+
+#[test]
+fn a_fresh_device_announces_nothing_and_bad_event_buffers_are_returned_empty() {
+    let t = TestMemory::default();
+    let (mut core, _irq) = t.core(TestBackend::default());
+    t.add_chain(EVQ, 0, &[(A, 8, true)]);
+    assert!(!core.announce_transport_reset());
+    assert!(t.used(EVQ).is_empty());
+
+    // Read-only, or too small for the 4-byte event: used with length 0.
+    for (slot, desc) in [(1u16, (B, 8, false)), (2, (B, 2, true))] {
+        let t = TestMemory::default();
+        let (core, _irq) = t.core(TestBackend::default());
+        let mut core = core.with_transport_reset();
+        t.add_chain(EVQ, slot, &[desc]);
+        assert!(core.announce_transport_reset());
+        assert_eq!(t.used(EVQ), vec![(u32::from(slot), 0)], "{desc:?}");
+        assert!(!core.is_broken());
+    }
+}

@@ -117,6 +117,8 @@ pub(super) fn spawn<B: VsockBackend>(core: VsockCore<B>) -> Result<WorkerHandle<
 
 fn run<B: VsockBackend>(mut core: VsockCore<B>, epoll: Epoll, kicks: Vec<EventFd>) -> B {
     let mut events = [EpollEvent::default(); 8];
+    // A restored VM learns first that its old connections are gone.
+    core.announce_transport_reset();
     // Packets may be waiting from before activation (host connections).
     core.backend_event();
     loop {
