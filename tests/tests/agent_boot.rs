@@ -298,6 +298,12 @@ fn a_snapshot_of_a_ready_agent_restores_and_answers_on_a_new_socket() {
         Some(0),
         "DestroySandbox must end the restored VMM with 0:\n{log}"
     );
+    // The guest handled the vsock transport reset at once (its driver
+    // re-posted the event buffer), before any new connection reached it.
+    assert!(
+        !log.contains("did not re-post its event buffer"),
+        "the restored guest did not see the transport reset in time:\n{log}"
+    );
     // The agent (PID 1) logs its start to the console: a restored VM
     // goes on from where its template was, it does not start again.
     assert!(

@@ -540,6 +540,7 @@ impl VmmBuilder {
             cmdline,
             workers: self.workers,
             transports: self.transports,
+            restored: self.snapshot.is_some(),
         }
     }
 }
@@ -557,6 +558,8 @@ pub struct Vmm {
     serial_input: bool,
     workers: Vec<ThreadKind>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// Built from a snapshot.
+    restored: bool,
 }
 
 impl Vmm {
@@ -646,6 +649,15 @@ impl Vmm {
                     running.stop_vcpus();
                     return Err(VmmError::Thread { what: name, source });
                 }
+            }
+        }
+        if running.vmm.restored {
+            // Now that the saved irqchip is in place and the vCPUs run.
+            for t in &running.vmm.transports {
+                t.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .interrupt()
+                    .reraise_pending();
             }
         }
         // SAFETY: isatty only inspects the descriptor.

@@ -121,6 +121,21 @@ impl VirtioInterrupt {
         self.needs_reset.store(false, Ordering::SeqCst);
     }
 
+    /// A restored VM starts: raise the interrupt again if InterruptStatus
+    /// has bits set. A device that signalled while the VM was being built
+    /// (a restored device activates then) did so before the saved
+    /// interrupt controller state was put back, which drops the edge.
+    /// Returns whether it raised.
+    pub fn reraise_pending(&self) -> bool {
+        if self.status() == 0 {
+            return false;
+        }
+        if let Err(e) = self.irq_evt.write(1) {
+            crate::limited!(warn, error = %e, "cannot raise virtio interrupt");
+        }
+        true
+    }
+
     /// Snapshot restore: set InterruptStatus, the configuration generation
     /// and the needs-reset flag to saved values. Nothing is written to the
     /// EventFd: an interrupt pending at snapshot time is part of the
@@ -252,6 +267,22 @@ mod tests {
         assert_eq!(irq.config_generation(), 7);
         assert!(irq.needs_reset());
         assert!(evt.read().is_err(), "restore must not raise the interrupt");
+    }
+
+    #[test]
+    fn a_pending_status_is_raised_again_and_a_clear_one_is_not() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let irq = VirtioInterrupt::new(evt.try_clone().unwrap());
+        assert!(!irq.reraise_pending());
+        assert!(evt.read().is_err());
+        irq.restore_state(VIRTIO_MMIO_INT_VRING, 0, false);
+        assert!(irq.reraise_pending());
+        assert_eq!(evt.read().unwrap(), 1);
+        assert_eq!(
+            irq.status(),
+            VIRTIO_MMIO_INT_VRING,
+            "the status stays for the driver"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! between the rx/tx queues and the backend (driven by the device thread,
 //! or directly by the unit tests).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -14,6 +16,9 @@ use super::{
     VIRTIO_VSOCK_EVENT_TRANSPORT_RESET,
 };
 use crate::devices::virtio::device::{ActivateError, VirtioDevice, VirtioInterrupt};
+
+/// How long host packets wait for the driver to handle a transport reset.
+pub const RESET_ACK_LIMIT: Duration = Duration::from_secs(2);
 
 /// Most descriptors in one packet's chain.
 const MAX_CHAIN_DESCS: usize = 64;
@@ -49,6 +54,11 @@ pub struct VsockCore<B: VsockBackend> {
     tx_stalled: bool,
     /// Tell the driver its connections are gone (a restored VM).
     reset_pending: bool,
+    /// After the reset event: the event queue's avail index then, and
+    /// when. Host packets wait until the driver has handled the event
+    /// (it re-posts the buffer: the index moves), or it would reset the
+    /// connections made after the restore too.
+    reset_unacked: Option<(u16, Instant)>,
 }
 
 impl<B: VsockBackend> VsockCore<B> {
@@ -70,6 +80,7 @@ impl<B: VsockBackend> VsockCore<B> {
             broken: false,
             tx_stalled: false,
             reset_pending: false,
+            reset_unacked: None,
         }
     }
 
@@ -107,9 +118,47 @@ impl<B: VsockBackend> VsockCore<B> {
         self.reset_pending = false;
         let used = self.add_used(EVQ, head, len);
         if used {
+            if let Ok(idx) = self.queues[EVQ].avail_idx(&self.mem, Ordering::Acquire) {
+                self.reset_unacked = Some((idx.0, Instant::now()));
+            }
             self.interrupt.signal_used_queue();
         }
         used
+    }
+
+    /// Whether host packets may go to the guest: no transport reset is
+    /// waiting for the driver (or it waited [`RESET_ACK_LIMIT`]).
+    pub fn reset_handled(&mut self) -> bool {
+        let Some((idx, since)) = self.reset_unacked else {
+            return true;
+        };
+        let now = self.queues[EVQ].avail_idx(&self.mem, Ordering::Acquire);
+        if now.ok().map(|n| n.0) != Some(idx) {
+            self.reset_unacked = None;
+            return true;
+        }
+        if since.elapsed() >= RESET_ACK_LIMIT {
+            crate::limited!(
+                warn,
+                "the vsock driver did not re-post its event buffer after the transport reset; going on"
+            );
+            self.reset_unacked = None;
+            return true;
+        }
+        false
+    }
+
+    /// How long the worker may sleep: the backend's timeout, shortened
+    /// while a transport reset waits for the driver.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let backend = self.backend.poll_timeout();
+        match self.reset_unacked {
+            Some((_, since)) => {
+                let left = RESET_ACK_LIMIT.saturating_sub(since.elapsed());
+                Some(backend.map_or(left, |b| b.min(left)))
+            }
+            None => backend,
+        }
     }
 
     /// The device stopped after a broken queue.
@@ -186,6 +235,9 @@ impl<B: VsockBackend> VsockCore<B> {
     /// Fill guest rx buffers with what the backend has. Returns whether any was used.
     pub fn process_rx(&mut self) -> bool {
         let mut used = false;
+        if !self.reset_handled() {
+            return false;
+        }
         while self.backend.has_pending_rx() {
             let Some(chain) = pop(&mut self.queues[RXQ], &self.mem, &mut self.broken) else {
                 break;

@@ -31,7 +31,7 @@ mod tests;
 
 use std::os::unix::io::RawFd;
 
-pub use device::{Vsock, VsockCore};
+pub use device::{Vsock, VsockCore, RESET_ACK_LIMIT};
 pub use packet::{parse_header, PacketError, VsockHeader, VsockPacket};
 pub use unix::{MuxerError, VsockMuxer};
 

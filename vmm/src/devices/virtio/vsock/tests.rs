@@ -307,3 +307,44 @@ fn a_fresh_device_announces_nothing_and_bad_event_buffers_are_returned_empty() {
         assert!(!core.is_broken());
     }
 }
+
+fn host_request() -> (VsockHeader, Vec<u8>) {
+    let mut h = guest_hdr(OP_REQUEST, 52, 1024);
+    h.src_cid = VSOCK_HOST_CID;
+    h.dst_cid = TEST_CID;
+    (h, Vec::new())
+}
+
+#[test]
+fn host_packets_wait_until_the_driver_has_handled_the_reset() {
+    let t = TestMemory::default();
+    let (core, _irq) = t.core(TestBackend::default());
+    let mut core = core.with_transport_reset();
+    t.add_chain(EVQ, 0, &[(A, 8, true)]);
+    assert!(core.announce_transport_reset());
+    // A connection made right after the restore: held back, or the
+    // driver's reset (handled later) would drop it too.
+    core.backend.to_guest.push_back(host_request());
+    t.add_rx_buffer(0, B, 4096);
+    assert!(!core.process_rx());
+    assert!(t.used(RXQ).is_empty());
+    assert!(core.poll_timeout().is_some_and(|d| d <= RESET_ACK_LIMIT));
+    // The driver handled the event and re-posted its buffer.
+    t.add_chain(EVQ, 1, &[(A, 8, true)]);
+    assert!(core.process_rx());
+    assert_eq!(t.read_rx(B).0.op, OP_REQUEST);
+}
+
+#[test]
+fn host_packets_go_on_when_the_driver_never_acknowledges_the_reset() {
+    let t = TestMemory::default();
+    let (core, _irq) = t.core(TestBackend::default());
+    let mut core = core.with_transport_reset();
+    t.add_chain(EVQ, 0, &[(A, 8, true)]);
+    assert!(core.announce_transport_reset());
+    core.backend.to_guest.push_back(host_request());
+    t.add_rx_buffer(0, B, 4096);
+    assert!(!core.process_rx());
+    std::thread::sleep(RESET_ACK_LIMIT);
+    assert!(core.process_rx(), "held past the limit");
+}

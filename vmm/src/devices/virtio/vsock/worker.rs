@@ -123,7 +123,6 @@ fn run<B: VsockBackend>(mut core: VsockCore<B>, epoll: Epoll, kicks: Vec<EventFd
     core.backend_event();
     loop {
         let timeout = core
-            .backend
             .poll_timeout()
             .map(|d| d.min(Duration::from_secs(60)).as_millis() as i32)
             .unwrap_or(-1);
