@@ -477,7 +477,7 @@ fn a_jailed_template_saves_on_sigusr1_and_a_jailed_restore_goes_on() {
 
     let r = setup(b"");
     std::fs::copy(&s.kernel, &r.kernel).unwrap();
-    let mut restored = Running(start(&r, &["--restore", &snap_arg]));
+    let restored = Running(start(&r, &["--restore", &snap_arg]));
     jailed_child(restored.0.id(), Duration::from_secs(30));
     let console = wait_console(&r, "the restored VM never ticked", |c| c.ends_with("..."));
     assert!(
