@@ -85,6 +85,12 @@ pub struct Config {
     /// allow-list kills it with SIGSYS), "audit" (logged in its vmm.log,
     /// not killed), "off" (debugging only).
     pub vmm_seccomp: String,
+    /// Start pods from a template VM (booted once per kernel, initrd, VMM,
+    /// vCPUs, memory and kernel parameters, saved with its agent ready)
+    /// instead of booting each. Pods with a network interface boot.
+    pub template: bool,
+    /// Where templates are kept (one directory per key, root only).
+    pub template_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -117,6 +123,8 @@ impl Default for Config {
             vmm_uid_first: DEFAULT_VMM_UID_FIRST,
             vmm_uid_count: 65536,
             vmm_seccomp: "enforce".into(),
+            template: true,
+            template_dir: "/var/cache/cocoon/templates".into(),
         }
     }
 }
@@ -173,6 +181,9 @@ impl Config {
         }
         if !self.run_dir.is_absolute() {
             return Err(bad("run_dir", "must be an absolute path"));
+        }
+        if !self.template_dir.is_absolute() {
+            return Err(bad("template_dir", "must be an absolute path"));
         }
         Ok(())
     }

@@ -23,7 +23,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-EXTRA = "quiet init_on_free=1"
+# The template's command line (the shim's TEMPLATE_CMDLINE) and a booted
+# pod's (the shim's default).
+TEMPLATE = "quiet init_on_free=1"
+BOOT = "quiet"
 
 
 def agent_accepts(uds, deadline):
@@ -85,16 +88,16 @@ def main():
     work = tempfile.mkdtemp(prefix="cocoon-restore-bench-")
     failures = common.Failures()
 
-    def cmd(uds, *extra):
+    def cmd(uds, *extra, cmdline=BOOT):
         return [args.vmm, "--kernel", args.kernel, "--initrd", args.initrd,
                 "--vcpus", str(args.vcpus), "--memory", str(args.memory),
-                "--vsock", f"cid=3,uds={uds}", "--cmdline", EXTRA, *extra]
+                "--vsock", f"cid=3,uds={uds}", "--cmdline", cmdline, *extra]
 
     snap = os.path.join(work, "snapshot")
     os.mkdir(snap)
     try:
         uds = os.path.join(work, "template.sock")
-        p, booted = timed_start(cmd(uds, "--snapshot-to", snap), uds, args.deadline)
+        p, booted = timed_start(cmd(uds, "--snapshot-to", snap, cmdline=TEMPLATE), uds, args.deadline)
         if booted is None:
             stop(p)
             print(f"bench: the template's agent never answered: {p.stderr.read().decode()[-800:]}",
@@ -160,7 +163,8 @@ def main():
 
     print()
     print(f"restore bench: {args.runs} runs each after 1 warm-up, alternating, {args.vcpus} vCPU, "
-          f"{args.memory} MiB, agent initrd, command line '{EXTRA}'; medians with their number of runs (n)")
+          f"{args.memory} MiB, agent initrd; booted with '{BOOT}' (a pod's command line), the template "
+          f"with '{TEMPLATE}'; medians with their number of runs (n)")
     head = ["metric", "cocoon-vmm boot", "cocoon-vmm restore", "ratio (restore/boot)"]
     print(common.row(head))
     print(common.rule(len(head)))

@@ -234,3 +234,75 @@ fn a_snapshot_is_only_restored_into_a_vm_of_its_shape() {
     let err = restore_err(cfg, dir.path());
     assert!(err.to_string().contains(MEMORY_FILE), "{err}");
 }
+
+/// A pending TSC-deadline timer survives a save and restore: the LAPIC
+/// (timer in TSC-deadline mode) must be restored before the MSRs, or KVM
+/// drops the deadline and the guest never gets its timer interrupt.
+#[test]
+fn a_pending_tsc_deadline_timer_survives_a_restore() {
+    use cocoon_vmm::vstate::vcpu::Vcpu;
+    use cocoon_vmm::vstate::vcpu_state::VcpuState;
+    use cocoon_vmm::vstate::vm::Vm;
+    use kvm_bindings::{kvm_msr_entry, Msrs};
+
+    const MSR_TSC_DEADLINE: u32 = 0x6e0;
+    const APIC_LVTT: usize = 0x320;
+    const LVTT_TSC_DEADLINE: u32 = 2 << 17;
+
+    fn vcpu(vm: &Vm) -> Vcpu {
+        let v = Vcpu::new(vm, 0).unwrap();
+        let cpuid = vm.supported_cpuid().unwrap();
+        v.configure(&cpuid, 1, true, None).unwrap();
+        v
+    }
+    fn deadline(v: &Vcpu) -> u64 {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_TSC_DEADLINE,
+            ..Default::default()
+        }])
+        .unwrap();
+        assert_eq!(v.fd().get_msrs(&mut msrs).unwrap(), 1);
+        msrs.as_slice()[0].data
+    }
+
+    let vm = Vm::new(true).unwrap();
+    let v = vcpu(&vm);
+    let mut lapic = v.fd().get_lapic().unwrap();
+    let mut lvtt = [0u8; 4];
+    for (i, b) in lvtt.iter_mut().enumerate() {
+        *b = lapic.regs[APIC_LVTT + i] as u8;
+    }
+    let value = (u32::from_le_bytes(lvtt) & !(3 << 17) & !(1 << 16)) | LVTT_TSC_DEADLINE | 0xec;
+    for (i, b) in value.to_le_bytes().iter().enumerate() {
+        lapic.regs[APIC_LVTT + i] = *b as _;
+    }
+    v.fd().set_lapic(&lapic).unwrap();
+    let far = 1u64 << 60;
+    let msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_TSC_DEADLINE,
+        data: far,
+        ..Default::default()
+    }])
+    .unwrap();
+    assert_eq!(v.fd().set_msrs(&msrs).unwrap(), 1);
+    let armed = deadline(&v);
+    assert_ne!(
+        armed, 0,
+        "KVM did not take the deadline (no TSC-deadline timer here?)"
+    );
+
+    let msr_list = vm.save_context();
+    let state = VcpuState::save(v.fd(), 0, &msr_list.msr_list, msr_list.xsave_size).unwrap();
+    assert!(
+        state.msrs.iter().any(|m| m.index == MSR_TSC_DEADLINE),
+        "the TSC deadline is not among the saved MSRs"
+    );
+    let vm2 = Vm::new(true).unwrap();
+    let v2 = vcpu(&vm2);
+    state.restore(v2.fd()).unwrap();
+    assert_eq!(
+        deadline(&v2),
+        armed,
+        "the restored vCPU lost its TSC deadline"
+    );
+}

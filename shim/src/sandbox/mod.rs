@@ -9,6 +9,7 @@ pub mod output;
 pub mod pod_dir;
 pub mod port_forward;
 pub mod process;
+pub mod template;
 pub mod vm;
 pub mod vmm_jail;
 

@@ -58,6 +58,8 @@ pub struct VmBackend {
     vmm: Option<Supervised>,
     /// The jailed VMM's uid (`vmm_jail`).
     uid: Option<u32>,
+    /// The template snapshot the VM is restored from (`template`).
+    restore_from: Option<std::path::PathBuf>,
     /// Set before the shim itself stops the VMM: a later exit is expected.
     stopping: Arc<AtomicBool>,
     dead_tx: watch::Sender<bool>,
@@ -102,6 +104,7 @@ impl VmBackend {
             virtiofsd: None,
             vmm: None,
             uid: None,
+            restore_from: None,
             stopping: Arc::new(AtomicBool::new(false)),
             dead_tx: watch::channel(false).0,
         }
@@ -262,6 +265,9 @@ impl VmBackend {
                 });
             }
         }
+        if let Some(snapshot) = &self.restore_from {
+            cmd.arg("--restore").arg(snapshot);
+        }
         if let Some(uid) = self.uid {
             cmd.arg("--jail")
                 .arg(self.pod.jail())
@@ -295,6 +301,24 @@ impl VmBackend {
                     source: std::io::Error::other(e.to_string()),
                 })??;
             self.nic = Some(nic);
+        }
+        // A pod with a NIC boots: a template has no NIC (the guest would
+        // keep the template's MAC).
+        if self.cfg.template && self.nic.is_none() {
+            match super::template::ensure(&self.cfg, self.cgroup.as_ref()).await {
+                Ok(snapshot) => {
+                    tracing::info!(
+                        pod = %self.pod.root().display(),
+                        template = %snapshot.display(),
+                        "the pod's VM starts from a template"
+                    );
+                    self.restore_from = Some(snapshot);
+                }
+                Err(e) => tracing::warn!(
+                    pod = %self.pod.root().display(),
+                    "no template VM, booting the pod's VM instead: {e}"
+                ),
+            }
         }
         self.start_virtiofsd().await?;
         let (cmd, drained) = self.vmm_command()?;
@@ -398,6 +422,10 @@ impl Backend for VmBackend {
             port: DEFAULT_STREAM_PORT,
         };
         if let Err(e) = self.wait_for_agent(&control).await {
+            if let Some(snapshot) = &self.restore_from {
+                // The next pod builds it again.
+                super::template::discard(snapshot);
+            }
             let _ = self.stop().await;
             return Err(e);
         }

@@ -112,6 +112,14 @@ impl Containerd {
                 ("kernel", "COCOON_KERNEL"),
                 ("initrd", "COCOON_AGENT_INITRD"),
             ] {
+                // The test's own setting wins.
+                let own = format!("{key} =");
+                if extra_config
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(&own))
+                {
+                    continue;
+                }
                 let v = std::env::var(var)
                     .unwrap_or_else(|_| panic!("{var} is not set (make e2e sets it)"));
                 cfg.push_str(&format!("{key} = \"{v}\"\n"));

@@ -17,6 +17,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion};
+
 use super::memory::{create_guest_ram, GuestRam, MemoryError};
 
 /// The unit of the zero-page check.
@@ -176,9 +178,7 @@ pub fn load(path: &Path, size: u64) -> Result<GuestRam, MemoryImageError> {
             let len = usize::try_from(end - offset).unwrap_or(CHUNK).min(CHUNK);
             let chunk = &mut buf[..len];
             image.read_exact_at(chunk, offset).map_err(rerr)?;
-            ram.memfd
-                .write_all_at(chunk, offset)
-                .map_err(|source| MemoryImageError::Guest { offset, source })?;
+            write_through_mapping(&ram, offset, chunk)?;
             offset += len as u64;
         }
         pos = end;
@@ -186,10 +186,51 @@ pub fn load(path: &Path, size: u64) -> Result<GuestRam, MemoryImageError> {
     Ok(ram)
 }
 
+/// Write `bytes` at memfd offset `offset` through the VMM's own mapping
+/// of guest RAM (not `pwrite` on the memfd): the pages are then mapped in
+/// the VMM, so its RSS and PSS show the memory a restored VM holds.
+fn write_through_mapping(
+    ram: &GuestRam,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), MemoryImageError> {
+    let mut done = 0usize;
+    while done < bytes.len() {
+        let at = offset + done as u64;
+        let region = ram
+            .mem
+            .iter()
+            .find(|r| {
+                r.file_offset().is_some_and(|f| {
+                    let start = f.start();
+                    at >= start && at < start + r.len()
+                })
+            })
+            .ok_or_else(|| MemoryImageError::Guest {
+                offset: at,
+                source: io::ErrorKind::InvalidInput.into(),
+            })?;
+        let start = region.file_offset().map(|f| f.start()).unwrap_or(0);
+        let within = at - start;
+        let n = usize::try_from(region.len() - within)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len() - done);
+        let addr = region.start_addr().unchecked_add(within);
+        ram.mem
+            .write_slice(&bytes[done..done + n], addr)
+            .map_err(|e| MemoryImageError::Guest {
+                offset: at,
+                source: io::Error::other(e.to_string()),
+            })?;
+        done += n;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::GuestAddress;
 
     #[test]
     fn only_data_pages_are_written_and_they_come_back() {

@@ -4,9 +4,10 @@
 //! (after a re-entry with `immediate_exit` completed any pending port or
 //! MMIO access, so the registers are consistent). Restored into a fresh
 //! vCPU before it first runs, in the order KVM needs: CPUID first (it
-//! decides which MSRs and XSAVE components exist), the TSC before the TSC
-//! deadline (both are in the MSR list, in KVM's index order), the LAPIC
-//! before the MP state and the pending events last.
+//! decides which MSRs and XSAVE components exist), the LAPIC before the
+//! MSRs (a TSC-deadline write is dropped unless the LAPIC timer is in
+//! TSC-deadline mode), the TSC before the TSC deadline (both in the MSR
+//! list, in KVM's index order) and the pending events last.
 
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
@@ -175,7 +176,8 @@ impl VcpuState {
                 fd.set_tsc_khz(khz).map_err(set("KVM_SET_TSC_KHZ"))?;
             }
         }
-        write_msrs(fd, index, &self.msrs)?;
+        fd.set_mp_state(self.mp_state)
+            .map_err(set("KVM_SET_MP_STATE"))?;
         fd.set_regs(&self.regs).map_err(set("KVM_SET_REGS"))?;
         fd.set_sregs(&self.sregs).map_err(set("KVM_SET_SREGS"))?;
         // SAFETY: `self.xsave` is a 4 KiB `kvm_xsave` as `KVM_GET_XSAVE`
@@ -185,9 +187,11 @@ impl VcpuState {
         fd.set_xcrs(&self.xcrs).map_err(set("KVM_SET_XCRS"))?;
         fd.set_debug_regs(&self.debugregs)
             .map_err(set("KVM_SET_DEBUGREGS"))?;
+        // The LAPIC before the MSRs: KVM drops a TSC-deadline write while
+        // the LAPIC timer is not in TSC-deadline mode, and the guest would
+        // wait for a timer interrupt that never comes.
         fd.set_lapic(&self.lapic).map_err(set("KVM_SET_LAPIC"))?;
-        fd.set_mp_state(self.mp_state)
-            .map_err(set("KVM_SET_MP_STATE"))?;
+        write_msrs(fd, index, &self.msrs)?;
         fd.set_vcpu_events(&self.events)
             .map_err(set("KVM_SET_VCPU_EVENTS"))?;
         Ok(())

@@ -17,8 +17,10 @@ use super::{
 };
 use crate::devices::virtio::device::{ActivateError, VirtioDevice, VirtioInterrupt};
 
-/// How long host packets wait for the driver to handle a transport reset.
-pub const RESET_ACK_LIMIT: Duration = Duration::from_secs(2);
+/// How long host packets wait for the driver to handle a transport reset
+/// (a guest on a loaded host can take seconds; one that never does only
+/// costs its first connection this wait).
+pub const RESET_ACK_LIMIT: Duration = Duration::from_secs(10);
 
 /// Most descriptors in one packet's chain.
 const MAX_CHAIN_DESCS: usize = 64;
@@ -54,6 +56,8 @@ pub struct VsockCore<B: VsockBackend> {
     tx_stalled: bool,
     /// Tell the driver its connections are gone (a restored VM).
     reset_pending: bool,
+    /// How long host packets wait for the driver to handle it.
+    reset_ack_limit: Duration,
     /// After the reset event: the event queue's avail index then, and
     /// when. Host packets wait until the driver has handled the event
     /// (it re-posts the buffer: the index moves), or it would reset the
@@ -80,6 +84,7 @@ impl<B: VsockBackend> VsockCore<B> {
             broken: false,
             tx_stalled: false,
             reset_pending: false,
+            reset_ack_limit: RESET_ACK_LIMIT,
             reset_unacked: None,
         }
     }
@@ -88,6 +93,13 @@ impl<B: VsockBackend> VsockCore<B> {
     /// guest's connections were to a backend that no longer exists.
     pub fn with_transport_reset(mut self) -> Self {
         self.reset_pending = true;
+        self
+    }
+
+    /// `with_transport_reset`'s wait for the driver, other than
+    /// [`RESET_ACK_LIMIT`] (tests).
+    pub fn with_reset_ack_limit(mut self, limit: Duration) -> Self {
+        self.reset_ack_limit = limit;
         self
     }
 
@@ -137,7 +149,7 @@ impl<B: VsockBackend> VsockCore<B> {
             self.reset_unacked = None;
             return true;
         }
-        if since.elapsed() >= RESET_ACK_LIMIT {
+        if since.elapsed() >= self.reset_ack_limit {
             crate::limited!(
                 warn,
                 "the vsock driver did not re-post its event buffer after the transport reset; going on"
@@ -154,7 +166,7 @@ impl<B: VsockBackend> VsockCore<B> {
         let backend = self.backend.poll_timeout();
         match self.reset_unacked {
             Some((_, since)) => {
-                let left = RESET_ACK_LIMIT.saturating_sub(since.elapsed());
+                let left = self.reset_ack_limit.saturating_sub(since.elapsed());
                 Some(backend.map_or(left, |b| b.min(left)))
             }
             None => backend,
@@ -440,6 +452,9 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
 
     fn restoring(&mut self) {
         self.reset_on_activate = true;
+        if let Some(b) = self.backend.as_mut() {
+            b.restoring();
+        }
     }
 }
 

@@ -145,4 +145,8 @@ pub trait VsockBackend: VsockChannel + VsockEpollListener + Send + 'static {
     fn set_guest_cid(&mut self, cid: u64);
     /// Drop every connection (device reset); keep listening.
     fn reset(&mut self);
+    /// The guest was restored from a snapshot: it may still hold
+    /// connections from its template's backend, so new connections must
+    /// not reuse their port numbers.
+    fn restoring(&mut self) {}
 }

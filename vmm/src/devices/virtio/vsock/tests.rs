@@ -339,12 +339,13 @@ fn host_packets_wait_until_the_driver_has_handled_the_reset() {
 fn host_packets_go_on_when_the_driver_never_acknowledges_the_reset() {
     let t = TestMemory::default();
     let (core, _irq) = t.core(TestBackend::default());
-    let mut core = core.with_transport_reset();
+    let limit = Duration::from_millis(200);
+    let mut core = core.with_transport_reset().with_reset_ack_limit(limit);
     t.add_chain(EVQ, 0, &[(A, 8, true)]);
     assert!(core.announce_transport_reset());
     core.backend.to_guest.push_back(host_request());
     t.add_rx_buffer(0, B, 4096);
     assert!(!core.process_rx());
-    std::thread::sleep(RESET_ACK_LIMIT);
+    std::thread::sleep(limit);
     assert!(core.process_rx(), "held past the limit");
 }

@@ -228,6 +228,12 @@ impl VsockMuxer {
         self.after_conn(key);
     }
 
+    /// The next host port (tests).
+    #[cfg(test)]
+    pub fn alloc_host_port_for_tests(&mut self) -> u32 {
+        self.alloc_host_port()
+    }
+
     fn alloc_host_port(&mut self) -> u32 {
         loop {
             let port = self.next_port;
@@ -503,6 +509,27 @@ impl VsockEpollListener for VsockMuxer {
 impl VsockBackend for VsockMuxer {
     fn set_guest_cid(&mut self, cid: u64) {
         self.cid = cid;
+    }
+
+    fn restoring(&mut self) {
+        // A random start in the host-port range: the template's muxer
+        // counted from HOST_PORT_FIRST, and a connection the guest still
+        // holds from it (its transport reset not handled yet) must not
+        // take the packets of a new one with the same ports.
+        let mut b = [0u8; 4];
+        // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        let r = if n == 4 {
+            u32::from_le_bytes(b)
+        } else {
+            // No entropy: the clock's nanoseconds still move the start.
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(1)
+        };
+        let span = (u32::MAX >> 1) - HOST_PORT_FIRST;
+        self.next_port = HOST_PORT_FIRST + 1 + r % span;
     }
 
     fn reset(&mut self) {

@@ -419,3 +419,20 @@ fn socket_path_checks() {
     drop(m);
     assert!(!path.exists(), "the socket must be removed on drop");
 }
+
+#[test]
+fn a_restored_muxer_does_not_reuse_the_templates_host_ports() {
+    let mut starts = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = VsockMuxer::new(3, &dir.path().join("v.sock")).unwrap();
+        crate::devices::virtio::vsock::VsockBackend::restoring(&mut m);
+        let port = m.alloc_host_port_for_tests();
+        assert!(port > HOST_PORT && port <= u32::MAX >> 1, "{port:#x}");
+        starts.push(port);
+    }
+    assert_ne!(
+        starts[0], starts[1],
+        "two restored muxers start at the same port"
+    );
+}

@@ -1,0 +1,135 @@
+//! Template VMs through `ctr`: pods start from a snapshot of a VM booted
+//! once per (kernel, initrd, VMM, vCPUs, memory, kernel parameters); a
+//! corrupt template is rebuilt, never used; another kernel gets a
+//! template of its own. (The other ctr tests run on restored pods too:
+//! templates are on by default.)
+#![cfg(feature = "e2e")]
+
+#[macro_use]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Containerd, Pods};
+
+/// The complete templates in `dir` (those with their meta.json).
+fn templates(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("meta.json").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn count(log: &str, what: &str) -> usize {
+    log.matches(what).count()
+}
+
+const BUILT: &str = "template built";
+const FROM_TEMPLATE: &str = "the pod's VM starts from a template";
+
+/// Random bytes, the boot id and the guest's uptime, from a container.
+const PROBE: &[&str] = &[
+    "sh",
+    "-c",
+    "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/uptime",
+];
+
+#[test]
+fn pods_restored_from_one_template_run_and_draw_different_random_numbers() {
+    require_supported_vmm!();
+    let work = tempfile::Builder::new()
+        .prefix("cocoon-e2e-templates")
+        .tempdir()
+        .unwrap();
+    let dir = work.path().join("templates");
+    let c = Containerd::start_with("tpl", &format!("template_dir = \"{}\"\n", dir.display()));
+    let pods = Pods::on(&c, &["tpl-a", "tpl-b"]);
+    let mut seen = Vec::new();
+    for id in ["tpl-a", "tpl-b"] {
+        let (rc, out, err) = pods.run(id, &[], PROBE);
+        assert_eq!(rc, 0, "{id}: {err}\n{}", pods.log());
+        let random = out.lines().next().unwrap_or_default().to_string();
+        assert_eq!(random.len(), 32, "{id}: {out:?}");
+        seen.push(random);
+    }
+    let log = pods.log();
+    assert_eq!(
+        count(&log, BUILT),
+        1,
+        "one template, built by the first pod:\n{log}"
+    );
+    assert_eq!(count(&log, FROM_TEMPLATE), 2, "both pods restored:\n{log}");
+    assert_eq!(templates(&dir).len(), 1, "{:?}", templates(&dir));
+    // Clones of one snapshot start with one RNG state; the agent reseeds
+    // it from the host before the container runs.
+    assert_ne!(
+        seen[0], seen[1],
+        "two restored pods drew the same random bytes"
+    );
+    pods.assert_clean();
+}
+
+#[test]
+fn a_corrupt_template_is_rebuilt_and_another_kernel_gets_its_own() {
+    require_supported_vmm!();
+    let work = tempfile::Builder::new()
+        .prefix("cocoon-e2e-templates")
+        .tempdir()
+        .unwrap();
+    let dir = work.path().join("templates");
+    let c = Containerd::start_with("tplc", &format!("template_dir = \"{}\"\n", dir.display()));
+    let pods = Pods::on(&c, &["tplc-a", "tplc-b", "tplc-c"]);
+    let (rc, _, err) = pods.run("tplc-a", &[], &["true"]);
+    assert_eq!(rc, 0, "{err}\n{}", pods.log());
+    let first = templates(&dir);
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // One flipped byte in the saved state: refused by its digest, built
+    // again, and the pod still starts from a (new) template.
+    let state = first[0].join("snapshot/state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&state, &bytes).unwrap();
+    let (rc, _, err) = pods.run("tplc-b", &[], &["true"]);
+    assert_eq!(rc, 0, "{err}\n{}", pods.log());
+    let log = pods.log();
+    assert!(log.contains("template unusable; rebuilding"), "{log}");
+    assert_eq!(count(&log, BUILT), 2, "{log}");
+    assert_eq!(count(&log, FROM_TEMPLATE), 2, "{log}");
+    assert_ne!(
+        std::fs::read(&state).unwrap(),
+        bytes,
+        "the corrupt state is still there"
+    );
+
+    // Another kernel (a copy: another file): a template of its own, the
+    // first one untouched.
+    let kernel = work.path().join("vmlinux-copy");
+    std::fs::copy(std::env::var("COCOON_KERNEL").unwrap(), &kernel).unwrap();
+    let cfg = c.dir.join("cocoon.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("kernel ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cfg, format!("{text}kernel = \"{}\"\n", kernel.display())).unwrap();
+    let (rc, _, err) = pods.run("tplc-c", &[], &["true"]);
+    assert_eq!(rc, 0, "{err}\n{}", pods.log());
+    let now = templates(&dir);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(
+        now.contains(&first[0]),
+        "the first kernel's template went: {now:?}"
+    );
+    let other = now.iter().find(|p| **p != first[0]).unwrap();
+    let meta = std::fs::read_to_string(other.join("meta.json")).unwrap();
+    assert!(meta.contains("vmlinux-copy"), "{meta}");
+    pods.assert_clean();
+}
