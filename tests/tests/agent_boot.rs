@@ -114,39 +114,7 @@ fn agent_boots_as_pid1_and_answers_over_hybrid_vsock() {
             .arg("quiet"),
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let talked = rt.block_on(async {
-        let addr = Address::HybridVsock {
-            path: uds.clone(),
-            port: 1024,
-        };
-        let client = connect_agent_retry(&addr, ANSWER_DEADLINE)
-            .await
-            .map_err(|e| format!("the agent did not answer on {addr}: {e}"))?;
-        let check = client
-            .check(ctx(), &CheckRequest::new())
-            .await
-            .map_err(|e| format!("Check: {e:?}"))?;
-        if !check.serving {
-            return Err("Check: not serving".to_string());
-        }
-        let answered = started.elapsed();
-        let v = client
-            .version(ctx(), &VersionRequest::new())
-            .await
-            .map_err(|e| format!("Version: {e:?}"))?;
-        if v.protocol_version != cocoon_agent_protocol::PROTOCOL_VERSION {
-            return Err(format!("protocol version {}", v.protocol_version));
-        }
-        client
-            .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
-            .await
-            .map_err(|e| format!("DestroySandbox: {e:?}"))?;
-        Ok((answered, v.agent_version))
-    });
+    let talked = talk(&uds, started, ANSWER_DEADLINE, true);
     let (code, log) = vmm.finish(if talked.is_ok() {
         EXIT_DEADLINE
     } else {
@@ -168,13 +136,13 @@ fn agent_boots_as_pid1_and_answers_over_hybrid_vsock() {
 
 /// Talks to the agent on `uds`: Check, Version; with `destroy`, also
 /// DestroySandbox (which ends the VM). Returns how long the agent took to
-/// answer from `started`.
+/// answer from `started`, and its version.
 fn talk(
     uds: &std::path::Path,
     started: Instant,
     deadline: Duration,
     destroy: bool,
-) -> Result<Duration, String> {
+) -> Result<(Duration, String), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -208,7 +176,7 @@ fn talk(
                 .await
                 .map_err(|e| format!("DestroySandbox: {e:?}"))?;
         }
-        Ok(answered)
+        Ok((answered, v.agent_version))
     })
 }
 
@@ -261,7 +229,7 @@ fn a_snapshot_of_a_ready_agent_restores_and_answers_on_a_new_socket() {
     } else {
         Duration::ZERO
     });
-    let booted = booted.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let (booted, _) = booted.unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert_eq!(
         code,
         Some(0),
@@ -292,7 +260,7 @@ fn a_snapshot_of_a_ready_agent_restores_and_answers_on_a_new_socket() {
     } else {
         Duration::ZERO
     });
-    let answered = answered.unwrap_or_else(|e| panic!("restored VM: {e}\n{log}"));
+    let (answered, _) = answered.unwrap_or_else(|e| panic!("restored VM: {e}\n{log}"));
     assert_eq!(
         code,
         Some(0),

@@ -39,15 +39,22 @@ const PROBE: &[&str] = &[
     "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/uptime",
 ];
 
-#[test]
-fn pods_restored_from_one_template_run_and_draw_different_random_numbers() {
-    require_supported_vmm!();
+/// A containerd of its own whose shim keeps templates in a fresh
+/// directory (so the test sees each template built); the directory too.
+fn containerd_with_own_templates(tag: &str) -> (tempfile::TempDir, PathBuf, Containerd) {
     let work = tempfile::Builder::new()
         .prefix("cocoon-e2e-templates")
         .tempdir()
         .unwrap();
     let dir = work.path().join("templates");
-    let c = Containerd::start_with("tpl", &format!("template_dir = \"{}\"\n", dir.display()));
+    let c = Containerd::start_with(tag, &format!("template_dir = \"{}\"\n", dir.display()));
+    (work, dir, c)
+}
+
+#[test]
+fn pods_restored_from_one_template_run_and_draw_different_random_numbers() {
+    require_supported_vmm!();
+    let (_work, dir, c) = containerd_with_own_templates("tpl");
     let pods = Pods::on(&c, &["tpl-a", "tpl-b"]);
     let mut seen = Vec::new();
     for id in ["tpl-a", "tpl-b"] {
@@ -77,12 +84,7 @@ fn pods_restored_from_one_template_run_and_draw_different_random_numbers() {
 #[test]
 fn a_corrupt_template_is_rebuilt_and_another_kernel_gets_its_own() {
     require_supported_vmm!();
-    let work = tempfile::Builder::new()
-        .prefix("cocoon-e2e-templates")
-        .tempdir()
-        .unwrap();
-    let dir = work.path().join("templates");
-    let c = Containerd::start_with("tplc", &format!("template_dir = \"{}\"\n", dir.display()));
+    let (work, dir, c) = containerd_with_own_templates("tplc");
     let pods = Pods::on(&c, &["tplc-a", "tplc-b", "tplc-c"]);
     let (rc, _, err) = pods.run("tplc-a", &[], &["true"]);
     assert_eq!(rc, 0, "{err}\n{}", pods.log());

@@ -517,16 +517,13 @@ impl VsockBackend for VsockMuxer {
         // holds from it (its transport reset not handled yet) must not
         // take the packets of a new one with the same ports.
         let mut b = [0u8; 4];
-        // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
-        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-        let r = if n == 4 {
-            u32::from_le_bytes(b)
-        } else {
+        let r = match crate::devices::virtio::rng::fill_random(&mut b) {
+            Ok(()) => u32::from_le_bytes(b),
             // No entropy: the clock's nanoseconds still move the start.
-            std::time::SystemTime::now()
+            Err(_) => std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
-                .unwrap_or(1)
+                .unwrap_or(1),
         };
         let span = (u32::MAX >> 1) - HOST_PORT_FIRST;
         self.next_port = HOST_PORT_FIRST + 1 + r % span;
