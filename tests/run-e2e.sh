@@ -119,7 +119,7 @@ jobs=${COCOON_E2E_JOBS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
 case "$kind" in vmx|svm) jobs=1;; esac
 declare -A estimate=(
   [ctr_run]=150 [shim-task_local]=160 [ctr_host_boundary]=80 [ctr_vmm_jail]=55 [ctr_pod_network]=50 [cri]=210
-  [agent-features]=20 [boot]=15 [devices]=12 [agent_boot]=30 [ctr_template]=150
+  [agent-features]=20 [boot]=15 [devices]=12 [agent_boot]=30 [ctr_template]=200
 )
 # Tests long enough to be dealt out on their own (NAME:SECONDS:DEADLINE),
 # by binary: critest's two halves take ~16 and ~10 min in a test host; the

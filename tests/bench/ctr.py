@@ -3,15 +3,19 @@
 
 Starts a containerd of our own (tests/ctr/containerd.sh) with the cocoon
 runtime configured, then alternates `ctr run --rm IMAGE ID echo ...` between
-io.containerd.cocoon.v2 and io.containerd.runc.v2, timing each from the
-start of `ctr` to the first byte of the container's output and to `ctr`'s
-exit. One warm-up run each is not counted. Then it starts one `sleep`
-container per runtime and sums the PSS (/proc/PID/smaps_rollup) of what the
-pod costs the host: for cocoon the shim, cocoon-vmm and virtiofsd (all
-processes of the shim's tree); for runc the shim and the container's
-processes. Prints a markdown table with medians (and their number of runs)
-and the cocoon/runc ratios; a failed run is listed under the table and makes
-the bench exit 1.
+cocoon with its defaults (the pod's VM restored from a template VM),
+cocoon with `template = false` (the pod's VM boots; a second configuration
+file through `ctr run --runtime-config-path`) and io.containerd.runc.v2,
+timing each from the start of `ctr` to the first byte of the container's
+output and to `ctr`'s exit. One warm-up run each is not counted (cocoon's
+builds the template). Then it starts `sleep` containers, one pod each, and
+sums the PSS (/proc/PID/smaps_rollup) of what the pods cost the host: for
+cocoon the shim, cocoon-vmm and virtiofsd (all processes of the shim's
+tree); for runc the shim and the container's processes; per pod, with 1
+pod running and (cocoon from a template) with 5 side by side, where the
+pods share the binaries' pages. Prints a markdown table with medians (and
+their number of runs) and the ratios to runc; a failed run is listed under
+the table and makes the bench exit 1.
 
 For cocoon the shim's log splits a run into its phases (VM boot to agent
 ready, container create, start to exit), so the table also says what
@@ -32,7 +36,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 IMAGE = "cocoon.local/busybox:latest"
-RUNTIMES = {"cocoon": "io.containerd.cocoon.v2", "runc": "io.containerd.runc.v2"}
+# name -> (runtime, the shim's binary, extra `ctr run` arguments); the
+# boot variant's configuration path is filled in by main().
+PODS = 5  # pods side by side for the shared-memory PSS figure
+RUNTIMES = {
+    "cocoon": ("io.containerd.cocoon.v2", "containerd-shim-cocoon-v2", []),
+    "cocoon-boot": ("io.containerd.cocoon.v2", "containerd-shim-cocoon-v2", []),
+    "runc": ("io.containerd.runc.v2", "containerd-shim-runc-v2", []),
+}
 
 
 class RunFailed(Exception):
@@ -66,11 +77,13 @@ class Containerd:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def timed_run(cd, runtime, cid):
+def timed_run(cd, name, cid):
     """(seconds to first output byte, seconds to ctr exit, wall start, wall end)."""
+    runtime, _, extra = RUNTIMES[name]
     wall = time.time()
     start = time.monotonic()
-    p = cd.popen("run", "--rm", "--runtime", runtime, IMAGE, cid, "echo", "hello from a container")
+    p = cd.popen("run", "--rm", "--runtime", runtime, *extra, IMAGE, cid, "echo",
+                 "hello from a container")
     first = None
     out = b""
     while True:
@@ -114,21 +127,28 @@ def shim_pid(runtime_bin, cid):
     return int(out[0])
 
 
-def pod_memory(cd, name, runtime):
-    """PSS in KiB of the shim's process tree running one sleep container."""
-    cid = f"pss-{name}"
-    r = cd.ctr("run", "-d", "--runtime", runtime, IMAGE, cid, "sleep", "1000", check=False)
-    if r.returncode != 0:
-        raise RunFailed(f"ctr run -d: exit {r.returncode}, {r.stderr.strip()[-300:]}")
-    time.sleep(3.0)  # let the guest settle after boot
+def pod_memory(cd, name, pods=1):
+    """(PSS in KiB per pod, {process name: KiB per pod}) of `pods` sleep
+    containers, each its own pod, running side by side: the sum over every
+    shim's process tree, divided by the pods."""
+    runtime, shim_bin, extra = RUNTIMES[name]
+    cids = [f"pss-{name}-{pods}-{k}" for k in range(pods)]
     parts = {}
     try:
-        shim = shim_pid(f"containerd-shim-{name}-v2", cid)
-        pids = [shim] + children(shim)
-        for p in pids:
-            parts[comm(p)] = parts.get(comm(p), 0) + pss_kib(p)
+        for cid in cids:
+            r = cd.ctr("run", "-d", "--runtime", runtime, *extra, IMAGE, cid, "sleep", "1000",
+                       check=False)
+            if r.returncode != 0:
+                raise RunFailed(f"ctr run -d: exit {r.returncode}, {r.stderr.strip()[-300:]}")
+        time.sleep(3.0)  # let the guests settle after their start
+        for cid in cids:
+            shim = shim_pid(shim_bin, cid)
+            for p in [shim] + children(shim):
+                parts[comm(p)] = parts.get(comm(p), 0) + pss_kib(p)
     finally:
-        cleanup_container(cd, cid)
+        for cid in cids:
+            cleanup_container(cd, cid)
+    parts = {k: v / pods for k, v in parts.items()}
     return sum(parts.values()), parts
 
 
@@ -190,41 +210,50 @@ def main():
         if not shutil.which(tool):
             raise SystemExit(f"bench: {tool} missing: run 'make deps'")
     cfg = f"/tmp/cocoon-bench-ctr-{os.getpid()}.toml"
+    boot_cfg = f"/tmp/cocoon-bench-ctr-{os.getpid()}-boot.toml"
+    templates = f"/tmp/cocoon-bench-ctr-{os.getpid()}-templates"
+    common_cfg = (f'kernel = "{a.kernel}"\ninitrd = "{a.initrd}"\nvmm = "{a.vmm}"\n'
+                  f'run_dir = "/run/cocoon-bench-{os.getpid()}"\n')
     with open(cfg, "w") as f:
-        f.write(f'kernel = "{a.kernel}"\ninitrd = "{a.initrd}"\nvmm = "{a.vmm}"\n'
-                f'run_dir = "/run/cocoon-bench-{os.getpid()}"\n')
+        # A template directory of its own: the first run builds it.
+        f.write(common_cfg + f'template_dir = "{templates}"\n')
+    with open(boot_cfg, "w") as f:
+        f.write(common_cfg + "template = false\n")
+    RUNTIMES["cocoon-boot"][2].extend(["--runtime-config-path", boot_cfg])
     cd = Containerd(repo, cfg)
     failures = common.Failures()
     try:
         times = {n: [] for n in RUNTIMES}
         walls = []
         for i in range(a.runs + 1):
-            for name, rt in RUNTIMES.items():
+            for name in RUNTIMES:
                 cid = f"{name}-{i}"
                 try:
-                    first, total, w0, w1 = timed_run(cd, rt, cid)
+                    first, total, w0, w1 = timed_run(cd, name, cid)
                 except RunFailed as e:
                     failures.add(name, f"{i}{' (warm-up)' if i == 0 else ''}", e)
                     cleanup_container(cd, cid)
                     continue
                 if i > 0:  # the first run of each is a warm-up
                     times[name].append((first, total))
-                    if name == "cocoon":
-                        walls.append((cid, w0, w1))
+                    if name.startswith("cocoon"):
+                        walls.append((name, cid, w0, w1))
                 print(f"bench: ctr run {i}/{a.runs}: {name} {total:.2f} s", file=sys.stderr,
                       flush=True)
         mem = {}
-        for name, rt in RUNTIMES.items():
+        for name, pods in [(n, 1) for n in RUNTIMES] + [("cocoon", PODS)]:
             try:
-                mem[name] = pod_memory(cd, name, rt)
+                mem[(name, pods)] = pod_memory(cd, name, pods)
             except RunFailed as e:
-                failures.add(name, "pod PSS", e)
-                mem[name] = (None, {})
+                failures.add(name, f"pod PSS, {pods} pods", e)
+                mem[(name, pods)] = (None, {})
         with open(f"{cd.cd_dir}/containerd.log", errors="replace") as f:
             log_lines = f.readlines()
     finally:
         cd.stop()
         os.unlink(cfg)
+        os.unlink(boot_cfg)
+        shutil.rmtree(templates, ignore_errors=True)
 
     def p95(xs):
         """Nearest-rank 95th percentile: the smallest value >= 95% of the runs."""
@@ -233,43 +262,57 @@ def main():
 
     first = {n: common.med(t[0] for t in v) for n, v in times.items()}
     exit_ = {n: common.med(t[1] for t in v) for n, v in times.items()}
-    pss = {n: (mem[n][0], 1 if mem[n][0] is not None else 0) for n in RUNTIMES}
+
+    def pss(name, pods=1):
+        v = mem[(name, pods)][0]
+        return (v, 1 if v is not None else 0)
+
     print()
     print(f"`ctr run --rm ... echo` ({a.runs} runs each after a warm-up, alternating; medians "
-          f"with their number of runs (n); {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f})")
+          f"with their number of runs (n); {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}); "
+          "cocoon: the pod's VM restored from a template VM (the default); cocoon-boot: "
+          "`template = false`, the pod's VM boots")
     print()
     print("| runtime | first output, median (s) | ctr exit, median (s) | ctr exit p95 (s) "
-          "| pod PSS (MiB) |")
-    print("|---|---|---|---|---|")
+          f"| pod PSS, 1 pod (MiB) | pod PSS, {PODS} pods (MiB per pod) |")
+    print("|---|---|---|---|---|---|")
     for n in RUNTIMES:
         q = p95(t[1] for t in times[n])
         q_s = f"{q:.3f} (n={len(times[n])})" if q is not None else "failed (n=0)"
+        many = common.cell(pss(n, PODS), "{:.1f}", 1024.0) if (n, PODS) in mem else ""
         print(f"| {n} | {common.cell(first[n])} | {common.cell(exit_[n])} | {q_s} | "
-              f"{common.cell(pss[n], '{:.1f}', 1024.0)} |")
-    print(f"| cocoon/runc | {common.ratio(first['cocoon'], first['runc'])} | "
-          f"{common.ratio(exit_['cocoon'], exit_['runc'])} | | "
-          f"{common.ratio(pss['cocoon'], pss['runc'])} |")
+              f"{common.cell(pss(n), '{:.1f}', 1024.0)} | {many} |")
+    for n in ("cocoon", "cocoon-boot"):
+        print(f"| {n}/runc | {common.ratio(first[n], first['runc'])} | "
+              f"{common.ratio(exit_[n], exit_['runc'])} | | "
+              f"{common.ratio(pss(n), pss('runc'))} | |")
     print()
     print("- p95: nearest rank (the smallest time that at least 95% of the runs did not exceed; with fewer "
           "than 20 runs that is the slowest run)")
-    print("- pod PSS: one `sleep` pod per runtime, measured once (n=1)")
-    split = [p for p in (phases(log_lines, cid, w0, w1) for cid, w0, w1 in walls) if p]
-    if split and exit_["cocoon"][0]:
-        print()
-        print(f"Where a cocoon `ctr run --rm` goes (median of {len(split)} runs, from the shim's log):")
-        print()
-        print("| phase | s | share |")
-        print("|---|---|---|")
-        total = exit_["cocoon"][0]
-        for k, (name, _) in enumerate(split[0]):
-            m = statistics.median(p[k][1] for p in split)
-            print(f"| {name} | {m:.3f} | {100 * m / total:.0f}% |")
-    else:
-        print("\n(no phase split: the shim's log lines were not found in containerd's log)")
+    print(f"- pod PSS: `sleep` pods, measured once (n=1): the host processes of all pods summed and "
+          f"divided by the pods; with {PODS} pods the binaries' pages are shared {PODS} ways")
+    for variant in ("cocoon", "cocoon-boot"):
+        split = [p for p in (phases(log_lines, cid, w0, w1)
+                             for n, cid, w0, w1 in walls if n == variant) if p]
+        if split and exit_[variant][0]:
+            print()
+            print(f"Where a {variant} `ctr run --rm` goes (median of {len(split)} runs, from the "
+                  "shim's log):")
+            print()
+            print("| phase | s | share |")
+            print("|---|---|---|")
+            total = exit_[variant][0]
+            for k, (name, _) in enumerate(split[0]):
+                m = statistics.median(p[k][1] for p in split)
+                print(f"| {name} | {m:.3f} | {100 * m / total:.0f}% |")
+        else:
+            print(f"\n(no phase split for {variant}: the shim's log lines were not found in "
+                  "containerd's log)")
     print()
-    print("Pod PSS by process (MiB): " + "; ".join(
-        f"{n}: " + ", ".join(f"{k} {v / 1024:.1f}" for k, v in sorted(mem[n][1].items()))
-        for n in RUNTIMES))
+    print("Pod PSS by process (MiB per pod): " + "; ".join(
+        f"{n}, {k} pod{'s' if k > 1 else ''}: "
+        + ", ".join(f"{c} {v / 1024:.1f}" for c, v in sorted(parts.items()))
+        for (n, k), (_, parts) in mem.items()))
     failures.report_and_exit()
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def boot_once(cmd, jail_dir):
 
 def ctr_once(cd, cfg, cid):
     start = time.monotonic()
-    r = cd.ctr("run", "--rm", "--runtime", ctr.RUNTIMES["cocoon"], "--runtime-config-path", cfg,
+    r = cd.ctr("run", "--rm", "--runtime", ctr.RUNTIMES["cocoon"][0], "--runtime-config-path", cfg,
                ctr.IMAGE, cid, "echo", "hello", check=False)
     t = time.monotonic() - start
     if r.returncode != 0 or r.stdout != "hello\n":

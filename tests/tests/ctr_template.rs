@@ -1,7 +1,8 @@
 //! Template VMs through `ctr`: pods start from a snapshot of a VM booted
 //! once per (kernel, initrd, VMM, vCPUs, memory, kernel parameters); a
-//! corrupt template is rebuilt, never used; another kernel gets a
-//! template of its own. (The other ctr tests run on restored pods too:
+//! corrupt template is rebuilt, never used (a corrupt state file before
+//! the restore, a corrupt memory image by the VMM, and then the pod
+//! boots); another kernel gets a template of its own. (The other ctr tests run on restored pods too:
 //! templates are on by default.)
 #![cfg(feature = "e2e")]
 
@@ -82,7 +83,7 @@ fn pods_restored_from_one_template_run_and_draw_different_random_numbers() {
 }
 
 #[test]
-fn a_corrupt_template_is_rebuilt_and_another_kernel_gets_its_own() {
+fn a_corrupt_template_is_rebuilt_or_booted_around_and_another_kernel_gets_its_own() {
     require_supported_vmm!();
     let (work, dir, c) = containerd_with_own_templates("tplc");
     let pods = Pods::on(&c, &["tplc-a", "tplc-b", "tplc-c"]);
@@ -130,8 +131,54 @@ fn a_corrupt_template_is_rebuilt_and_another_kernel_gets_its_own() {
         now.contains(&first[0]),
         "the first kernel's template went: {now:?}"
     );
-    let other = now.iter().find(|p| **p != first[0]).unwrap();
+    let other = now.iter().find(|p| **p != first[0]).unwrap().clone();
     let meta = std::fs::read_to_string(other.join("meta.json")).unwrap();
     assert!(meta.contains("vmlinux-copy"), "{meta}");
+
+    // One changed byte in the memory image (its state file intact): the
+    // VMM refuses the image by its digest, the template goes and the pod
+    // boots.
+    flip_first_data_byte(&other.join("snapshot/memory"));
+    let (rc, out, err) = pods.run("tplc-d", &[], &["echo", "booted instead"]);
+    assert_eq!(
+        rc,
+        0,
+        "{err}
+{}",
+        pods.log()
+    );
+    assert_eq!(out, "booted instead\n");
+    let log = pods.log();
+    assert!(
+        log.contains("did not start from its template, booting it instead"),
+        "{log}"
+    );
+    assert!(
+        log.contains("is corrupt"),
+        "the VMM's reason is not in the log:\n{log}"
+    );
+    assert_eq!(
+        templates(&dir),
+        vec![first[0].clone()],
+        "the corrupt template stayed"
+    );
     pods.assert_clean();
+}
+
+/// XOR one byte of the first data page of the sparse file at `path`.
+fn flip_first_data_byte(path: &Path) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: lseek on a descriptor we own; no memory is passed.
+    let data = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) };
+    assert!(data >= 0, "{} has no data", path.display());
+    let at = data as u64 + 100;
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
 }

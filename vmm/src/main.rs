@@ -362,6 +362,7 @@ fn paths_into_jail(args: &mut Args, jail: &JailConfig) -> anyhow::Result<()> {
 }
 
 fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
+    let started = Instant::now();
     if args.kernel.as_os_str().is_empty() {
         bail!("--kernel is empty; pass the vmlinux printed by guest-kernel/build.sh");
     }
@@ -406,6 +407,7 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
         fs.push((cfg, stream));
     }
     // Read before the jail hides it; many VMs restore from one snapshot.
+    let load_started = Instant::now();
     let loaded = match &args.restore {
         Some(dir) => Some(
             LoadedSnapshot::read(dir, args.memory << 20)
@@ -413,6 +415,7 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
         ),
         None => None,
     };
+    let snapshot_load = loaded.as_ref().map(|_| load_started.elapsed());
     if let Some(jail) = &jail {
         cocoon_vmm::vstate::vm::preopen_kvm().context("cannot set up the VM")?;
         paths_into_jail(&mut args, jail)?;
@@ -470,6 +473,9 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
     }
     tracing::info!(
         cmdline = vmm.cmdline().unwrap_or_default(),
+        restored = args.restore.is_some(),
+        ?snapshot_load,
+        setup = ?started.elapsed(),
         "starting guest"
     );
     if args.snapshot_to.is_some() {

@@ -27,7 +27,7 @@ pub const MEMORY_FILE: &str = "memory";
 /// The first bytes of a state file.
 pub const MAGIC: [u8; 8] = *b"COCOONVM";
 /// Bumped whenever [`VmSnapshot`] or anything in it changes shape.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// A state file is a few hundred KiB at most; refuse to read more.
 const MAX_BODY: u64 = 64 << 20;
 const HEADER: usize = 8 + 4 + 8;
@@ -135,6 +135,9 @@ pub struct VmSnapshot {
     pub vcpu_count: u8,
     /// Guest RAM in bytes.
     pub memory_bytes: u64,
+    /// The digest of the memory image's data pages
+    /// ([`crate::vstate::memory_image`]).
+    pub memory_digest: u64,
     /// VM-wide KVM state.
     pub vm: VmState,
     /// Per-vCPU KVM state, by index.
@@ -235,6 +238,7 @@ mod tests {
             vmm_version: "test".into(),
             vcpu_count: 1,
             memory_bytes: 1 << 20,
+            memory_digest: 7,
             vm: VmState {
                 irqchip: None,
                 clock: kvm_bindings::kvm_clock_data {

@@ -198,7 +198,11 @@ impl LoadedSnapshot {
                 asked: memory_bytes,
             });
         }
-        let ram = memory_image::load(&dir.join(snapshot::MEMORY_FILE), memory_bytes)?;
+        let ram = memory_image::load(
+            &dir.join(snapshot::MEMORY_FILE),
+            memory_bytes,
+            snapshot.memory_digest,
+        )?;
         Ok(LoadedSnapshot {
             dir: dir.to_owned(),
             snapshot,
@@ -762,16 +766,18 @@ impl RunningVm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .snapshot();
+        // The state (with the image's digest) is written last.
+        let stats = memory_image::save(&self.vmm.ram, &dir.join(snapshot::MEMORY_FILE))?;
         let state = VmSnapshot {
             vmm_version: env!("CARGO_PKG_VERSION").to_string(),
             vcpu_count: self.vcpu_count as u8,
             memory_bytes: self.vmm.ram.size,
+            memory_digest: stats.digest,
             vm,
             vcpus,
             serial,
             devices,
         };
-        let stats = memory_image::save(&self.vmm.ram, &dir.join(snapshot::MEMORY_FILE))?;
         snapshot::write_state(dir, &state)?;
         Ok(stats)
     }

@@ -60,6 +60,8 @@ pub struct VmBackend {
     uid: Option<u32>,
     /// The template snapshot the VM is restored from (`template`).
     restore_from: Option<std::path::PathBuf>,
+    /// A restore from the template failed: this pod's VM boots.
+    boot_only: bool,
     /// Set before the shim itself stops the VMM: a later exit is expected.
     stopping: Arc<AtomicBool>,
     dead_tx: watch::Sender<bool>,
@@ -105,6 +107,7 @@ impl VmBackend {
             vmm: None,
             uid: None,
             restore_from: None,
+            boot_only: false,
             stopping: Arc::new(AtomicBool::new(false)),
             dead_tx: watch::channel(false).0,
         }
@@ -304,7 +307,7 @@ impl VmBackend {
         }
         // A pod with a NIC boots: a template has no NIC (the guest would
         // keep the template's MAC).
-        if self.cfg.template && self.nic.is_none() {
+        if self.cfg.template && self.nic.is_none() && !self.boot_only {
             match super::template::ensure(&self.cfg, self.cgroup.as_ref()).await {
                 Ok(snapshot) => {
                     tracing::info!(
@@ -406,9 +409,10 @@ impl VmBackend {
     }
 }
 
-#[async_trait]
-impl Backend for VmBackend {
-    async fn start(&mut self) -> Result<Endpoints, SandboxError> {
+impl VmBackend {
+    /// Start the pod's processes and wait for its agent; on failure
+    /// everything started is stopped again.
+    async fn start_once(&mut self) -> Result<Endpoints, SandboxError> {
         if let Err(e) = self.start_processes().await {
             let _ = self.stop().await;
             return Err(e);
@@ -422,10 +426,6 @@ impl Backend for VmBackend {
             port: DEFAULT_STREAM_PORT,
         };
         if let Err(e) = self.wait_for_agent(&control).await {
-            if let Some(snapshot) = &self.restore_from {
-                // The next pod builds it again.
-                super::template::discard(snapshot);
-            }
             let _ = self.stop().await;
             return Err(e);
         }
@@ -444,6 +444,32 @@ impl Backend for VmBackend {
             share_tag: SHARE_TAG.into(),
             interfaces: self.interfaces.clone(),
         })
+    }
+}
+
+#[async_trait]
+impl Backend for VmBackend {
+    async fn start(&mut self) -> Result<Endpoints, SandboxError> {
+        match self.start_once().await {
+            Err(e) if self.restore_from.is_some() => {
+                // The template is removed (the next pod builds it again)
+                // and this pod boots: a bad template costs time, never a
+                // pod.
+                let snapshot = self.restore_from.take().expect("checked above");
+                super::template::discard(&snapshot);
+                tracing::warn!(
+                    pod = %self.pod.root().display(),
+                    "the pod's VM did not start from its template, booting it instead: {e}"
+                );
+                self.boot_only = true;
+                // The failed VMM's watcher has the old ones: its exit is
+                // neither this VM's death nor unexpected.
+                self.stopping = Arc::new(AtomicBool::new(false));
+                self.dead_tx = watch::channel(false).0;
+                self.start_once().await
+            }
+            r => r,
+        }
     }
 
     async fn stop(&mut self) -> Result<(), SandboxError> {

@@ -10,6 +10,14 @@
 //! Restoring copies the data pages into a fresh memfd (vhost-user backends
 //! such as virtiofsd need guest memory they can map shared, so a private
 //! copy-on-write mapping of the image cannot be guest RAM).
+//!
+//! Saving computes a digest of the data pages (XXH3-64 over each page's
+//! offset and bytes, all-zero pages left out, in offset order); the state
+//! file (itself under SHA-256) keeps it, and loading recomputes it over what
+//! it loads and refuses an image that does not match. XXH3 and not
+//! SHA-256: the digest guards against damage (a cut or changed file), not
+//! against an attacker who can already write a root-only directory, and it
+//! is paid on every restore.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -18,6 +26,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion};
+use xxhash_rust::xxh3::Xxh3;
 
 use super::memory::{create_guest_ram, GuestRam, MemoryError};
 
@@ -66,6 +75,16 @@ pub enum MemoryImageError {
         /// The VM's memory size.
         expected: u64,
     },
+    /// The image's data pages are not the ones the snapshot saved.
+    #[error("the memory image {path} is corrupt: its digest is {found:#018x}, the snapshot saved {expected:#018x}")]
+    Digest {
+        /// The image.
+        path: PathBuf,
+        /// The digest recorded when it was saved.
+        expected: u64,
+        /// The digest of what was read.
+        found: u64,
+    },
     /// Creating the new guest memory failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -78,6 +97,30 @@ pub struct ImageStats {
     pub allocated: u64,
     /// Bytes written to the image (allocated minus zero pages).
     pub written: u64,
+    /// The digest of the data pages (see the module's text).
+    pub digest: u64,
+}
+
+/// The running digest of an image's data pages.
+struct PageDigest(Xxh3);
+
+impl PageDigest {
+    fn new() -> Self {
+        PageDigest(Xxh3::new())
+    }
+
+    fn page(&mut self, offset: u64, page: &[u8]) {
+        self.0.update(&offset.to_le_bytes());
+        self.0.update(page);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.digest()
+    }
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.iter().all(|&b| b == 0)
 }
 
 /// The next `(start, end)` data extent of `file` at or after `from`, or
@@ -123,6 +166,7 @@ pub fn save(ram: &GuestRam, path: &Path) -> Result<ImageStats, MemoryImageError>
         .map_err(werr)?;
     out.set_len(ram.size).map_err(werr)?;
     let mut stats = ImageStats::default();
+    let mut digest = PageDigest::new();
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0;
     while let Some((start, end)) =
@@ -140,9 +184,10 @@ pub fn save(ram: &GuestRam, path: &Path) -> Result<ImageStats, MemoryImageError>
                 .map_err(|source| MemoryImageError::Guest { offset, source })?;
             stats.allocated += len as u64;
             for (i, page) in chunk.chunks(PAGE).enumerate() {
-                if page.iter().any(|&b| b != 0) {
+                if !is_zero(page) {
                     let at = offset + (i * PAGE) as u64;
                     out.write_all_at(page, at).map_err(werr)?;
+                    digest.page(at, page);
                     stats.written += page.len() as u64;
                 }
             }
@@ -151,11 +196,15 @@ pub fn save(ram: &GuestRam, path: &Path) -> Result<ImageStats, MemoryImageError>
         pos = end;
     }
     out.sync_all().map_err(werr)?;
+    stats.digest = digest.finish();
     Ok(stats)
 }
 
-/// New guest RAM of `size` bytes holding the image at `path`.
-pub fn load(path: &Path, size: u64) -> Result<GuestRam, MemoryImageError> {
+/// New guest RAM of `size` bytes holding the image at `path`, whose data
+/// pages must have the digest `expected` (the one [`save`] returned).
+/// Zero pages the image's file system keeps as data are not copied: guest
+/// RAM keeps holes there.
+pub fn load(path: &Path, size: u64, expected: u64) -> Result<GuestRam, MemoryImageError> {
     let rerr = |source| MemoryImageError::Read {
         path: path.to_owned(),
         source,
@@ -170,6 +219,7 @@ pub fn load(path: &Path, size: u64) -> Result<GuestRam, MemoryImageError> {
         });
     }
     let ram = create_guest_ram(size)?;
+    let mut digest = PageDigest::new();
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0;
     while let Some((start, end)) = next_extent(&image, pos, size).map_err(rerr)? {
@@ -178,10 +228,36 @@ pub fn load(path: &Path, size: u64) -> Result<GuestRam, MemoryImageError> {
             let len = usize::try_from(end - offset).unwrap_or(CHUNK).min(CHUNK);
             let chunk = &mut buf[..len];
             image.read_exact_at(chunk, offset).map_err(rerr)?;
-            write_through_mapping(&ram, offset, chunk)?;
+            // Runs of data pages, each written with one copy.
+            let mut run: Option<usize> = None;
+            for (i, page) in chunk.chunks(PAGE).enumerate() {
+                let zero = is_zero(page);
+                if !zero {
+                    digest.page(offset + (i * PAGE) as u64, page);
+                }
+                match (run, zero) {
+                    (None, false) => run = Some(i * PAGE),
+                    (Some(from), true) => {
+                        write_through_mapping(&ram, offset + from as u64, &chunk[from..i * PAGE])?;
+                        run = None;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(from) = run {
+                write_through_mapping(&ram, offset + from as u64, &chunk[from..])?;
+            }
             offset += len as u64;
         }
         pos = end;
+    }
+    let found = digest.finish();
+    if found != expected {
+        return Err(MemoryImageError::Digest {
+            path: path.to_owned(),
+            expected,
+            found,
+        });
     }
     Ok(ram)
 }
@@ -254,7 +330,7 @@ mod tests {
             "image is not sparse: {blocks} blocks"
         );
 
-        let back = load(&path, 8 << 20).unwrap();
+        let back = load(&path, 8 << 20, stats.digest).unwrap();
         assert_eq!(
             back.mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
             0x1234_5678
@@ -284,7 +360,7 @@ mod tests {
         let ram = create_guest_ram(4 << 20).unwrap();
         let path = dir.path().join("memory");
         save(&ram, &path).unwrap();
-        let err = load(&path, 8 << 20).unwrap_err();
+        let err = load(&path, 8 << 20, 0).unwrap_err();
         assert!(
             matches!(err, MemoryImageError::SizeMismatch { found, expected, .. } if found == 4 << 20 && expected == 8 << 20),
             "{err}"
@@ -293,5 +369,45 @@ mod tests {
             matches!(save(&ram, &path), Err(MemoryImageError::Write { .. })),
             "save over an existing image must fail"
         );
+    }
+
+    #[test]
+    fn a_changed_or_moved_page_is_refused_and_zero_data_blocks_are_no_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let ram = create_guest_ram(4 << 20).unwrap();
+        ram.mem.write_obj(0x5au8, GuestAddress(0x3000)).unwrap();
+        ram.mem.write_obj(0xa5u8, GuestAddress(0x9000)).unwrap();
+        let path = dir.path().join("memory");
+        let stats = save(&ram, &path).unwrap();
+        assert!(load(&path, 4 << 20, stats.digest).is_ok());
+        assert!(matches!(
+            load(&path, 4 << 20, stats.digest ^ 1),
+            Err(MemoryImageError::Digest { .. })
+        ));
+
+        // A zero block the file system keeps as data (an image copied
+        // without holes) is the same image.
+        let image = OpenOptions::new().write(true).open(&path).unwrap();
+        image.write_all_at(&[0u8; PAGE], 0x5000).unwrap();
+        let back = load(&path, 4 << 20, stats.digest).unwrap();
+        assert_eq!(back.mem.read_obj::<u8>(GuestAddress(0x9000)).unwrap(), 0xa5);
+
+        // One flipped bit.
+        image.write_all_at(&[0x5b], 0x3000).unwrap();
+        let err = load(&path, 4 << 20, stats.digest).unwrap_err();
+        assert!(
+            matches!(&err, MemoryImageError::Digest { expected, .. } if *expected == stats.digest),
+            "{err}"
+        );
+        assert!(err.to_string().contains("is corrupt"), "{err}");
+
+        // The same bytes at another offset.
+        image.write_all_at(&[0x5a], 0x3000).unwrap();
+        image.write_all_at(&[0u8; PAGE], 0x9000).unwrap();
+        image.write_all_at(&[0xa5], 0xa000).unwrap();
+        assert!(matches!(
+            load(&path, 4 << 20, stats.digest),
+            Err(MemoryImageError::Digest { .. })
+        ));
     }
 }
