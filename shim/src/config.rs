@@ -91,6 +91,10 @@ pub struct Config {
     pub template: bool,
     /// Where templates are kept (one directory per key, root only).
     pub template_dir: PathBuf,
+    /// How a restored VM gets its RAM: "lazy" (a page when the guest
+    /// first touches it: the pod holds only what it uses) or "eager" (the
+    /// whole memory image copied before the guest runs: no faults later).
+    pub template_memory: String,
 }
 
 impl Default for Config {
@@ -125,6 +129,7 @@ impl Default for Config {
             vmm_seccomp: "enforce".into(),
             template: true,
             template_dir: "/var/cache/cocoon/templates".into(),
+            template_memory: "lazy".into(),
         }
     }
 }
@@ -184,6 +189,9 @@ impl Config {
         }
         if !self.template_dir.is_absolute() {
             return Err(bad("template_dir", "must be an absolute path"));
+        }
+        if !matches!(self.template_memory.as_str(), "lazy" | "eager") {
+            return Err(bad("template_memory", "must be \"lazy\" or \"eager\""));
         }
         Ok(())
     }
@@ -250,6 +258,8 @@ mod tests {
         assert!(e.to_string().contains("backend"), "{e}");
         let e = Config::parse("vmm_seccomp = \"lax\"", "f.toml").unwrap_err();
         assert!(e.to_string().contains("vmm_seccomp"), "{e}");
+        let e = Config::parse("template_memory = \"sometimes\"", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("template_memory"), "{e}");
         let e = Config::parse("vmm_uid_first = 0", "f.toml").unwrap_err();
         assert!(e.to_string().contains("vmm_uid_first"), "{e}");
         let e = Config::parse("vmm_uid_first = 4294967000\nvmm_uid_count = 1000", "f.toml")

@@ -3,8 +3,10 @@
 
 Starts a containerd of our own (tests/ctr/containerd.sh) with the cocoon
 runtime configured, then alternates `ctr run --rm IMAGE ID echo ...` between
-cocoon with its defaults (the pod's VM restored from a template VM),
-cocoon with `template = false` (the pod's VM boots; a second configuration
+cocoon with its defaults (the pod's VM restored from a template VM, its
+RAM loaded as the guest touches it), cocoon with `template_memory =
+"eager"` (the template's memory image copied whole before the guest
+runs), cocoon with `template = false` (the pod's VM boots; a second configuration
 file through `ctr run --runtime-config-path`) and io.containerd.runc.v2,
 timing each from the start of `ctr` to the first byte of the container's
 output and to `ctr`'s exit. One warm-up run each is not counted (cocoon's
@@ -41,6 +43,7 @@ IMAGE = "cocoon.local/busybox:latest"
 PODS = 5  # pods side by side for the shared-memory PSS figure
 RUNTIMES = {
     "cocoon": ("io.containerd.cocoon.v2", "containerd-shim-cocoon-v2", []),
+    "cocoon-eager": ("io.containerd.cocoon.v2", "containerd-shim-cocoon-v2", []),
     "cocoon-boot": ("io.containerd.cocoon.v2", "containerd-shim-cocoon-v2", []),
     "runc": ("io.containerd.runc.v2", "containerd-shim-runc-v2", []),
 }
@@ -211,6 +214,7 @@ def main():
             raise SystemExit(f"bench: {tool} missing: run 'make deps'")
     cfg = f"/tmp/cocoon-bench-ctr-{os.getpid()}.toml"
     boot_cfg = f"/tmp/cocoon-bench-ctr-{os.getpid()}-boot.toml"
+    eager_cfg = f"/tmp/cocoon-bench-ctr-{os.getpid()}-eager.toml"
     templates = f"/tmp/cocoon-bench-ctr-{os.getpid()}-templates"
     common_cfg = (f'kernel = "{a.kernel}"\ninitrd = "{a.initrd}"\nvmm = "{a.vmm}"\n'
                   f'run_dir = "/run/cocoon-bench-{os.getpid()}"\n')
@@ -219,7 +223,10 @@ def main():
         f.write(common_cfg + f'template_dir = "{templates}"\n')
     with open(boot_cfg, "w") as f:
         f.write(common_cfg + "template = false\n")
+    with open(eager_cfg, "w") as f:
+        f.write(common_cfg + f'template_dir = "{templates}"\ntemplate_memory = "eager"\n')
     RUNTIMES["cocoon-boot"][2].extend(["--runtime-config-path", boot_cfg])
+    RUNTIMES["cocoon-eager"][2].extend(["--runtime-config-path", eager_cfg])
     cd = Containerd(repo, cfg)
     failures = common.Failures()
     try:
@@ -241,7 +248,7 @@ def main():
                 print(f"bench: ctr run {i}/{a.runs}: {name} {total:.2f} s", file=sys.stderr,
                       flush=True)
         mem = {}
-        for name, pods in [(n, 1) for n in RUNTIMES] + [("cocoon", PODS)]:
+        for name, pods in [(n, 1) for n in RUNTIMES] + [("cocoon", PODS), ("cocoon-eager", PODS)]:
             try:
                 mem[(name, pods)] = pod_memory(cd, name, pods)
             except RunFailed as e:
@@ -253,6 +260,7 @@ def main():
         cd.stop()
         os.unlink(cfg)
         os.unlink(boot_cfg)
+        os.unlink(eager_cfg)
         shutil.rmtree(templates, ignore_errors=True)
 
     def p95(xs):
@@ -270,8 +278,9 @@ def main():
     print()
     print(f"`ctr run --rm ... echo` ({a.runs} runs each after a warm-up, alternating; medians "
           f"with their number of runs (n); {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}); "
-          "cocoon: the pod's VM restored from a template VM (the default); cocoon-boot: "
-          "`template = false`, the pod's VM boots")
+          "cocoon: the pod's VM restored from a template VM, its RAM loaded as the guest touches "
+          "it (the default); cocoon-eager: `template_memory = \"eager\"`, the memory image copied "
+          "whole first; cocoon-boot: `template = false`, the pod's VM boots")
     print()
     print("| runtime | first output, median (s) | ctr exit, median (s) | ctr exit p95 (s) "
           f"| pod PSS, 1 pod (MiB) | pod PSS, {PODS} pods (MiB per pod) |")
@@ -282,7 +291,7 @@ def main():
         many = common.cell(pss(n, PODS), "{:.1f}", 1024.0) if (n, PODS) in mem else ""
         print(f"| {n} | {common.cell(first[n])} | {common.cell(exit_[n])} | {q_s} | "
               f"{common.cell(pss(n), '{:.1f}', 1024.0)} | {many} |")
-    for n in ("cocoon", "cocoon-boot"):
+    for n in ("cocoon", "cocoon-eager", "cocoon-boot"):
         print(f"| {n}/runc | {common.ratio(first[n], first['runc'])} | "
               f"{common.ratio(exit_[n], exit_['runc'])} | | "
               f"{common.ratio(pss(n), pss('runc'))} | |")
@@ -291,7 +300,7 @@ def main():
           "than 20 runs that is the slowest run)")
     print(f"- pod PSS: `sleep` pods, measured once (n=1): the host processes of all pods summed and "
           f"divided by the pods; with {PODS} pods the binaries' pages are shared {PODS} ways")
-    for variant in ("cocoon", "cocoon-boot"):
+    for variant in ("cocoon", "cocoon-eager", "cocoon-boot"):
         split = [p for p in (phases(log_lines, cid, w0, w1)
                              for n, cid, w0, w1 in walls if n == variant) if p]
         if split and exit_[variant][0]:

@@ -59,6 +59,11 @@ pub enum ExitReason {
     TimedOut,
     /// The VM was paused, saved and ended (`RunningVm::snapshot`).
     Snapshotted,
+    /// Lazily restored guest memory could not be loaded.
+    GuestMemory {
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl ExitReason {
@@ -70,7 +75,8 @@ impl ExitReason {
             ExitReason::TripleFault => EXIT_TRIPLE_FAULT,
             ExitReason::InternalError { .. }
             | ExitReason::FailEntry { .. }
-            | ExitReason::VcpuError { .. } => EXIT_KVM_ERROR,
+            | ExitReason::VcpuError { .. }
+            | ExitReason::GuestMemory { .. } => EXIT_KVM_ERROR,
             ExitReason::TimedOut => EXIT_TIMEOUT,
         }
     }
@@ -93,6 +99,9 @@ impl ExitReason {
             ExitReason::VcpuError { vcpu, detail } => format!("vcpu {vcpu} failed: {detail}"),
             ExitReason::TimedOut => "timed out".into(),
             ExitReason::Snapshotted => "snapshot taken; the VM ended".into(),
+            ExitReason::GuestMemory { detail } => {
+                format!("guest memory could not be loaded from the snapshot: {detail}")
+            }
         }
     }
 }

@@ -24,8 +24,8 @@ use cocoon_vmm::exit::{
 use cocoon_vmm::jail::{self, JailConfig};
 use cocoon_vmm::seccomp::{self, SeccompMode};
 use cocoon_vmm::{
-    BootSource, ExitReason, KernelBoot, KvmFlavor, LoadedSnapshot, SerialOutput, VmConfig,
-    VmmBuilder, VmmError, VsockConfig,
+    BootSource, ExitReason, KernelBoot, KvmFlavor, LoadedSnapshot, RestoreMemory, SerialOutput,
+    VmConfig, VmmBuilder, VmmError, VsockConfig,
 };
 
 const EXIT_CODES_HELP: &str = "\
@@ -136,6 +136,11 @@ struct Args {
     /// Read before entering --jail: DIR need not be inside it.
     #[arg(long, value_name = "DIR")]
     restore: Option<PathBuf>,
+    /// With --restore: "lazy" loads each page of the memory image when the
+    /// guest first touches it (a userfaultfd; the VM holds only what it
+    /// uses), "eager" copies the whole image before the guest runs.
+    #[arg(long, value_name = "MODE", default_value = "lazy", value_parser = ["lazy", "eager"], requires = "restore")]
+    restore_memory: String,
 }
 
 /// Set by SIGUSR1 when --snapshot-to is given.
@@ -410,8 +415,16 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
     let load_started = Instant::now();
     let loaded = match &args.restore {
         Some(dir) => Some(
-            LoadedSnapshot::read(dir, args.memory << 20)
-                .with_context(|| format!("cannot restore the VM from {}", dir.display()))?,
+            LoadedSnapshot::read_with(
+                dir,
+                args.memory << 20,
+                if args.restore_memory == "eager" {
+                    RestoreMemory::Eager
+                } else {
+                    RestoreMemory::Lazy
+                },
+            )
+            .with_context(|| format!("cannot restore the VM from {}", dir.display()))?,
         ),
         None => None,
     };

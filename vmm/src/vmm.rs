@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{
     I8042_COMMAND_PORT, I8042_DATA_PORT, SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
@@ -30,6 +31,7 @@ use crate::kvm_probe::{self, KvmFlavor};
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::snapshot::{self, SnapshotError, VmSnapshot};
 use crate::threads::{self, ThreadError};
+use crate::vstate::lazy_ram::{self, LazyRamError, PageSource};
 use crate::vstate::memory::{create_guest_ram, GuestRam, MemoryError};
 use crate::vstate::memory_image::{self, ImageStats, MemoryImageError};
 use crate::vstate::pause::{PauseError, PauseGate};
@@ -143,6 +145,12 @@ pub enum VmmError {
     /// The snapshot's memory image.
     #[error(transparent)]
     MemoryImage(#[from] MemoryImageError),
+    /// Lazily restored guest memory.
+    #[error(transparent)]
+    LazyRam(#[from] LazyRamError),
+    /// A VM restored page by page cannot be snapshotted.
+    #[error("a VM whose RAM is still loaded from its snapshot as it is touched cannot be snapshotted again")]
+    SnapshotOfLazyVm,
     /// VM-wide KVM state.
     #[error(transparent)]
     VmState(#[from] VmStateError),
@@ -177,18 +185,35 @@ fn serial_sink(output: &SerialOutput, limit: u64) -> Result<Box<dyn Write + Send
     })
 }
 
+/// How a restored VM's RAM is filled from the memory image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMemory {
+    /// A page when the guest first touches it (a userfaultfd); without
+    /// userfaultfd support, as `Eager`.
+    Lazy,
+    /// The whole image, before the guest runs.
+    Eager,
+}
+
 /// A snapshot read from its directory: its state checked, its memory
 /// image loaded into new guest RAM.
 pub struct LoadedSnapshot {
     dir: PathBuf,
     snapshot: VmSnapshot,
     ram: GuestRam,
+    /// Loads guest RAM page by page as it is touched (None: loaded whole).
+    pages: Option<PageSource>,
 }
 
 impl LoadedSnapshot {
     /// Read the snapshot in `dir` for a VM of `memory_bytes` bytes of RAM
-    /// (the memory image must be that size).
+    /// (the memory image must be that size), its RAM loaded lazily.
     pub fn read(dir: &Path, memory_bytes: u64) -> Result<Self, VmmError> {
+        Self::read_with(dir, memory_bytes, RestoreMemory::Lazy)
+    }
+
+    /// [`LoadedSnapshot::read`] with RAM loaded as `mode` says.
+    pub fn read_with(dir: &Path, memory_bytes: u64, mode: RestoreMemory) -> Result<Self, VmmError> {
         let snapshot = snapshot::read_state(dir)?;
         if snapshot.memory_bytes != memory_bytes {
             return Err(VmmError::SnapshotMismatch {
@@ -198,16 +223,106 @@ impl LoadedSnapshot {
                 asked: memory_bytes,
             });
         }
-        let ram = memory_image::load(
-            &dir.join(snapshot::MEMORY_FILE),
-            memory_bytes,
-            snapshot.memory_digest,
-        )?;
+        let image = dir.join(snapshot::MEMORY_FILE);
+        let eager = |image: &Path| {
+            memory_image::load(image, memory_bytes, snapshot.memory_digest).map(|ram| (ram, None))
+        };
+        let (ram, pages) = match mode {
+            RestoreMemory::Eager => eager(&image)?,
+            RestoreMemory::Lazy => {
+                match lazy_ram::load(&image, memory_bytes, snapshot.memory_digest) {
+                    Ok((ram, pages)) => (ram, Some(pages)),
+                    Err(LazyRamError::Uffd(e)) => {
+                        // Before the logger exists: stderr.
+                        eprintln!(
+                            "cocoon-vmm: {e}: {}; loading the whole memory image instead",
+                            std::error::Error::source(&e)
+                                .map(ToString::to_string)
+                                .unwrap_or_default()
+                        );
+                        eager(&image)?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
         Ok(LoadedSnapshot {
             dir: dir.to_owned(),
             snapshot,
             ram,
+            pages,
         })
+    }
+
+    /// Whether guest RAM is loaded page by page as the guest touches it
+    /// (a userfaultfd), not copied whole.
+    pub fn is_lazy(&self) -> bool {
+        self.pages.is_some()
+    }
+}
+
+/// The thread that loads lazily restored guest RAM; stopped and joined
+/// when dropped.
+struct PageLoader {
+    stop: EventFd,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl PageLoader {
+    /// Serve `pages` on a new thread under its own filter; a failure ends
+    /// the VM through `exit`.
+    fn spawn(pages: PageSource, exit: Arc<ExitState>) -> Result<Self, VmmError> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Thread {
+            what: "page-loader (eventfd)".into(),
+            source,
+        })?;
+        let theirs = stop.try_clone().map_err(|source| VmmError::Thread {
+            what: "page-loader (eventfd)".into(),
+            source,
+        })?;
+        let data_pages = pages.data_pages();
+        let handle = std::thread::Builder::new()
+            .name("page-loader".into())
+            .spawn(move || {
+                let failed = |detail: String| {
+                    tracing::error!("guest memory loader: {detail}");
+                    exit.request(ExitReason::GuestMemory { detail });
+                };
+                if let Err(e) = seccomp::enter(ThreadKind::PageLoader) {
+                    return failed(e.to_string());
+                }
+                match pages.serve(&theirs) {
+                    Ok(stats) => tracing::info!(
+                        copied = stats.copied,
+                        zeroed = stats.zeroed,
+                        of = data_pages,
+                        "guest memory loader stopped: pages copied from the image on first touch"
+                    ),
+                    Err(e) => failed(format!(
+                        "{e}{}",
+                        std::error::Error::source(&e)
+                            .map(|s| format!(": {s}"))
+                            .unwrap_or_default()
+                    )),
+                }
+            })
+            .map_err(|source| VmmError::Thread {
+                what: "page-loader".into(),
+                source,
+            })?;
+        Ok(PageLoader {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for PageLoader {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -228,6 +343,8 @@ pub struct VmmBuilder {
     snapshot: Option<VmSnapshot>,
     /// The virtio-mmio transports, by slot (for snapshots).
     transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// Loads restored guest RAM as it is touched.
+    loader: Option<PageLoader>,
 }
 
 /// The worker thread kind of a virtio device type.
@@ -258,7 +375,12 @@ impl VmmBuilder {
     /// [`VmmBuilder::restore`] from a snapshot read earlier (before a jail
     /// hid its directory).
     pub fn restore_loaded(config: VmConfig, loaded: LoadedSnapshot) -> Result<Self, VmmError> {
-        let LoadedSnapshot { dir, snapshot, ram } = loaded;
+        let LoadedSnapshot {
+            dir,
+            snapshot,
+            ram,
+            pages,
+        } = loaded;
         let mismatch = |what: &'static str, saved: u64, asked: u64| {
             Err(VmmError::SnapshotMismatch {
                 dir: dir.clone(),
@@ -293,10 +415,13 @@ impl VmmBuilder {
                 config.vcpus.into(),
             );
         }
-        Self::create(config, Some((snapshot, ram)))
+        Self::create(config, Some((snapshot, ram, pages)))
     }
 
-    fn create(config: VmConfig, restore: Option<(VmSnapshot, GuestRam)>) -> Result<Self, VmmError> {
+    fn create(
+        config: VmConfig,
+        restore: Option<(VmSnapshot, GuestRam, Option<PageSource>)>,
+    ) -> Result<Self, VmmError> {
         config.validate()?;
         if let BootSource::Kernel(k) = &config.boot {
             // Name a missing or malformed kernel before anything else.
@@ -312,12 +437,16 @@ impl VmmBuilder {
             }
         }
         let vm = Vm::new(config.irqchip)?;
-        let (snapshot, ram) = match restore {
-            Some((snapshot, ram)) => (Some(snapshot), ram),
-            None => (None, create_guest_ram(config.memory_bytes())?),
+        let (snapshot, ram, pages) = match restore {
+            Some((snapshot, ram, pages)) => (Some(snapshot), ram, pages),
+            None => (None, create_guest_ram(config.memory_bytes())?, None),
         };
         vm.register_memory(&ram)?;
         let exit = Arc::new(ExitState::new());
+        // Before anything touches restored guest RAM (device restore does).
+        let loader = pages
+            .map(|p| PageLoader::spawn(p, exit.clone()))
+            .transpose()?;
 
         let mut pio = Bus::new();
         let serial_evt = vm.irq_eventfd(SERIAL_IRQ)?;
@@ -348,6 +477,7 @@ impl VmmBuilder {
             workers: Vec::new(),
             snapshot,
             transports: Vec::new(),
+            loader,
         };
         if let Some(v) = builder.config.vsock.clone() {
             builder.add_vsock(&v)?;
@@ -545,6 +675,7 @@ impl VmmBuilder {
             workers: self.workers,
             transports: self.transports,
             restored: self.snapshot.is_some(),
+            loader: self.loader,
         }
     }
 }
@@ -564,6 +695,9 @@ pub struct Vmm {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// Built from a snapshot.
     restored: bool,
+    /// Loads restored guest RAM as it is touched; last, so that it stops
+    /// after the devices.
+    loader: Option<PageLoader>,
 }
 
 impl Vmm {
@@ -747,6 +881,10 @@ impl RunningVm {
     /// (their workers stopped) for the snapshot, so the VM cannot go on.
     /// [`RunningVm::wait`] with a zero timeout collects it.
     pub fn snapshot(&self, dir: &Path) -> Result<ImageStats, VmmError> {
+        if self.vmm.loader.is_some() {
+            // Pages the guest has not touched are not in its RAM yet.
+            return Err(VmmError::SnapshotOfLazyVm);
+        }
         let vcpus = self.pause()?;
         // From here on the VM does not run again, whatever happens.
         self.vmm.exit.request(ExitReason::Snapshotted);

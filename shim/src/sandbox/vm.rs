@@ -269,7 +269,10 @@ impl VmBackend {
             }
         }
         if let Some(snapshot) = &self.restore_from {
-            cmd.arg("--restore").arg(snapshot);
+            cmd.arg("--restore")
+                .arg(snapshot)
+                .arg("--restore-memory")
+                .arg(&self.cfg.template_memory);
         }
         if let Some(uid) = self.uid {
             cmd.arg("--jail")

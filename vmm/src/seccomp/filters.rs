@@ -277,6 +277,20 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, Fail> {
         ThreadKind::SerialInput => {
             allow(&mut r, &[libc::SYS_poll, libc::SYS_ppoll]);
         }
+        ThreadKind::PageLoader => {
+            // Wait for faults, read the page from the image, map it.
+            allow(
+                &mut r,
+                &[libc::SYS_poll, libc::SYS_ppoll, libc::SYS_pread64],
+            );
+            use crate::vstate::uffd::{UFFDIO_COPY, UFFDIO_WAKE, UFFDIO_ZEROPAGE};
+            allow_arg_in(
+                &mut r,
+                libc::SYS_ioctl,
+                1,
+                &[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE],
+            )?;
+        }
         ThreadKind::Monitor => {
             allow(
                 &mut r,

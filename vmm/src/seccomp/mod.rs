@@ -75,11 +75,14 @@ pub enum ThreadKind {
     SerialInput,
     /// The jail's monitor process (waits for the jailed VMM).
     Monitor,
+    /// Loads a restored VM's RAM from its memory image as the guest
+    /// touches it (userfaultfd).
+    PageLoader,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Vsock,
@@ -88,6 +91,7 @@ impl ThreadKind {
         ThreadKind::FsWatchdog,
         ThreadKind::SerialInput,
         ThreadKind::Monitor,
+        ThreadKind::PageLoader,
     ];
 
     /// A short name for logs.
@@ -101,6 +105,7 @@ impl ThreadKind {
             ThreadKind::FsWatchdog => "vhost-user-watchdog",
             ThreadKind::SerialInput => "serial-input",
             ThreadKind::Monitor => "jail-monitor",
+            ThreadKind::PageLoader => "page-loader",
         }
     }
 }

@@ -31,7 +31,7 @@ use xxhash_rust::xxh3::Xxh3;
 use super::memory::{create_guest_ram, GuestRam, MemoryError};
 
 /// The unit of the zero-page check.
-const PAGE: usize = 4096;
+pub const PAGE: usize = 4096;
 /// Bytes copied per read.
 const CHUNK: usize = 1 << 20;
 
@@ -198,6 +198,110 @@ pub fn save(ram: &GuestRam, path: &Path) -> Result<ImageStats, MemoryImageError>
     out.sync_all().map_err(werr)?;
     stats.digest = digest.finish();
     Ok(stats)
+}
+
+/// Which pages of an image hold data, after its digest was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageIndex {
+    /// One bit per page of guest RAM: set for a data (non-zero) page.
+    data: Vec<u64>,
+    /// The number of data pages.
+    pub data_pages: u64,
+}
+
+impl ImageIndex {
+    fn new(size: u64) -> Self {
+        let pages = size.div_ceil(PAGE as u64);
+        ImageIndex {
+            data: vec![0; pages.div_ceil(64) as usize],
+            data_pages: 0,
+        }
+    }
+
+    fn set(&mut self, page: u64) {
+        self.data[(page / 64) as usize] |= 1 << (page % 64);
+        self.data_pages += 1;
+    }
+
+    /// Whether the page at memfd offset `offset` holds data.
+    pub fn is_data(&self, offset: u64) -> bool {
+        let page = offset / PAGE as u64;
+        self.data
+            .get((page / 64) as usize)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    /// The runs of data pages as `(offset, len)` in bytes, runs less than
+    /// `gap` pages apart merged into one.
+    pub fn runs(&self, gap: u64) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let pages = self.data.len() as u64 * 64;
+        let mut page = 0;
+        while page < pages {
+            if self.data[(page / 64) as usize] == 0 {
+                page = (page / 64 + 1) * 64;
+                continue;
+            }
+            if self.is_data(page * PAGE as u64) {
+                let (start, end) = (page * PAGE as u64, (page + 1) * PAGE as u64);
+                match runs.last_mut() {
+                    Some((s, len)) if start - (*s + *len) < gap * PAGE as u64 => *len = end - *s,
+                    _ => runs.push((start, end - start)),
+                }
+            }
+            page += 1;
+        }
+        runs
+    }
+}
+
+/// Open the image at `path` for a VM of `size` bytes, read it whole and
+/// check its digest against `expected` (see [`load`]); nothing is copied
+/// into guest memory. Returns the open image and which pages hold data.
+pub fn scan(path: &Path, size: u64, expected: u64) -> Result<(File, ImageIndex), MemoryImageError> {
+    let rerr = |source| MemoryImageError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let image = File::open(path).map_err(rerr)?;
+    let found = image.metadata().map_err(rerr)?.len();
+    if found != size {
+        return Err(MemoryImageError::SizeMismatch {
+            path: path.to_owned(),
+            found,
+            expected: size,
+        });
+    }
+    let mut index = ImageIndex::new(size);
+    let mut digest = PageDigest::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0;
+    while let Some((start, end)) = next_extent(&image, pos, size).map_err(rerr)? {
+        let mut offset = start;
+        while offset < end {
+            let len = usize::try_from(end - offset).unwrap_or(CHUNK).min(CHUNK);
+            let chunk = &mut buf[..len];
+            image.read_exact_at(chunk, offset).map_err(rerr)?;
+            for (i, page) in chunk.chunks(PAGE).enumerate() {
+                if !is_zero(page) {
+                    let at = offset + (i * PAGE) as u64;
+                    digest.page(at, page);
+                    index.set(at / PAGE as u64);
+                }
+            }
+            offset += len as u64;
+        }
+        pos = end;
+    }
+    let found = digest.finish();
+    if found != expected {
+        return Err(MemoryImageError::Digest {
+            path: path.to_owned(),
+            expected,
+            found,
+        });
+    }
+    Ok((image, index))
 }
 
 /// New guest RAM of `size` bytes holding the image at `path`, whose data
@@ -369,6 +473,37 @@ mod tests {
             matches!(save(&ram, &path), Err(MemoryImageError::Write { .. })),
             "save over an existing image must fail"
         );
+    }
+
+    #[test]
+    fn scan_checks_the_digest_and_indexes_the_data_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let ram = create_guest_ram(4 << 20).unwrap();
+        for page in [3u64, 4, 9, 700] {
+            ram.mem
+                .write_obj(0x77u8, GuestAddress(page * PAGE as u64 + 5))
+                .unwrap();
+        }
+        let path = dir.path().join("memory");
+        let stats = save(&ram, &path).unwrap();
+        let (_, index) = scan(&path, 4 << 20, stats.digest).unwrap();
+        assert_eq!(index.data_pages, 4);
+        assert!(index.is_data(3 * PAGE as u64 + 100));
+        assert!(!index.is_data(5 * PAGE as u64));
+        let p = PAGE as u64;
+        assert_eq!(
+            index.runs(1),
+            vec![(3 * p, 2 * p), (9 * p, p), (700 * p, p)]
+        );
+        assert_eq!(index.runs(5), vec![(3 * p, 7 * p), (700 * p, p)]);
+        assert!(matches!(
+            scan(&path, 4 << 20, stats.digest ^ 1),
+            Err(MemoryImageError::Digest { .. })
+        ));
+        assert!(matches!(
+            scan(&path, 8 << 20, stats.digest),
+            Err(MemoryImageError::SizeMismatch { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,400 @@
+//! Guest RAM restored lazily from a memory image: a page of the image is
+//! copied into guest memory when it is first touched, not before.
+//!
+//! Why: a restored VM touches a fraction of what its template touched
+//! (boot-time code and data are not run again), and a page copied but
+//! never touched is host memory the pod pays for. So the image is read
+//! once to check its digest ([`memory_image::scan`]) and nothing is
+//! copied; the runs of data pages in guest RAM (the image's, gaps of a
+//! few pages merged) are registered with a userfaultfd for missing-page
+//! faults, and a loader thread ([`PageSource::serve`]) answers each fault
+//! with the page from the image (`UFFDIO_COPY`) or, between data pages of
+//! a run, a zero page. The rest of guest RAM is not registered: a page
+//! that was a hole in the image faults in as a zero page the usual way,
+//! at no cost to the loader.
+//!
+//! Guest RAM stays a shared memfd (vhost-user backends map it). Faults
+//! come only from the VMM's own mapping: the guest (through KVM) and the
+//! VMM's devices. A backend's mapping (virtiofsd's) does not report
+//! faults: if it touched a data page before the guest did, it would see
+//! a zero page, and the page would stay zero. It does not happen: a
+//! backend only reads and writes the buffers the guest's driver put in
+//! its queues after the restore, and the driver wrote or read each of
+//! them first (descriptors, headers, and pages it allocated, which the
+//! template's `init_on_free=1` zeroed when they were freed, so they are
+//! holes in the image), and the template never used the virtio-fs queues
+//! (the share is mounted only after the restore).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::memory::{create_guest_ram, GuestRam, MemoryError};
+use super::memory_image::{self, ImageIndex, MemoryImageError, PAGE};
+use super::uffd::{Uffd, UffdError};
+
+/// Data pages closer than this (in pages) are registered as one range:
+/// fewer ranges (each one splits the mapping), a few more zero-page
+/// faults.
+const MERGE_GAP: u64 = 16;
+/// A fault on a data page loads the data pages of its aligned block of
+/// this many bytes: a fault costs far more than a copy (a round trip
+/// through the kernel and this thread; about a millisecond in the nested
+/// test host), and a guest touches its memory in runs.
+pub const BLOCK: usize = 64 << 10;
+
+/// Errors of lazy guest RAM.
+#[derive(Debug, thiserror::Error)]
+pub enum LazyRamError {
+    /// The image is unusable.
+    #[error(transparent)]
+    Image(#[from] MemoryImageError),
+    /// Guest RAM cannot be created.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The userfaultfd failed.
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
+    /// Reading a page of the image failed.
+    #[error("cannot read the page at offset {offset:#x} of the memory image {path}")]
+    ReadPage {
+        /// The image.
+        path: PathBuf,
+        /// Offset in it.
+        offset: u64,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A guest RAM region without a host mapping (a bug).
+    #[error("a guest RAM region has no host address: {0}")]
+    HostAddress(String),
+    /// A fault outside guest RAM (a bug: only guest RAM is registered).
+    #[error("a fault at {addr:#x}, outside guest RAM")]
+    Stray {
+        /// The address.
+        addr: u64,
+    },
+    /// Waiting for faults failed.
+    #[error("cannot wait for guest memory faults")]
+    Poll(#[source] io::Error),
+    /// The page buffer cannot be mapped.
+    #[error("cannot map the loader's page buffer")]
+    Buffer(#[source] io::Error),
+}
+
+/// A guest RAM region: where it is mapped and where it starts in the memfd.
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    host: u64,
+    offset: u64,
+    len: u64,
+}
+
+/// What answers the faults of lazily restored guest RAM.
+#[derive(Debug)]
+pub struct PageSource {
+    uffd: Uffd,
+    image: File,
+    path: PathBuf,
+    index: ImageIndex,
+    regions: Vec<Region>,
+}
+
+/// What the loader did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Pages copied from the image.
+    pub copied: u64,
+    /// Zero pages mapped (between data pages of a registered run).
+    pub zeroed: u64,
+}
+
+/// New guest RAM of `size` bytes that will hold the image at `path` (its
+/// digest `expected` checked now), each page loaded when first touched
+/// once [`PageSource::serve`] runs. Nothing may touch guest RAM before.
+pub fn load(path: &Path, size: u64, expected: u64) -> Result<(GuestRam, PageSource), LazyRamError> {
+    let (image, index) = memory_image::scan(path, size, expected)?;
+    let ram = create_guest_ram(size)?;
+    let uffd = Uffd::new()?;
+    let mut regions = Vec::new();
+    for r in ram.mem.iter() {
+        let host = r
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| LazyRamError::HostAddress(e.to_string()))? as u64;
+        let offset = r.file_offset().map(|f| f.start()).unwrap_or(0);
+        regions.push(Region {
+            host,
+            offset,
+            len: r.len(),
+        });
+    }
+    for (start, len) in index.runs(MERGE_GAP) {
+        let end = start + len;
+        for r in &regions {
+            let (from, to) = (start.max(r.offset), end.min(r.offset + r.len));
+            if from < to {
+                uffd.register(r.host + (from - r.offset), to - from)?;
+            }
+        }
+    }
+    let source = PageSource {
+        uffd,
+        image,
+        path: path.to_owned(),
+        index,
+        regions,
+    };
+    Ok((ram, source))
+}
+
+/// One page-aligned block of anonymous memory (`UFFDIO_COPY` wants an
+/// aligned source).
+struct PageBuf(*mut u8);
+
+impl PageBuf {
+    fn new() -> Result<Self, LazyRamError> {
+        // SAFETY: a new private anonymous mapping; no existing memory is
+        // touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                BLOCK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(LazyRamError::Buffer(io::Error::last_os_error()));
+        }
+        Ok(PageBuf(p.cast()))
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is BLOCK bytes, readable and writable, and
+        // only reachable through this value.
+        unsafe { std::slice::from_raw_parts_mut(self.0, BLOCK) }
+    }
+}
+
+impl Drop for PageBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `new`, used by nobody else.
+        unsafe { libc::munmap(self.0.cast(), BLOCK) };
+    }
+}
+
+impl PageSource {
+    /// The pages of the image that hold data.
+    pub fn data_pages(&self) -> u64 {
+        self.index.data_pages
+    }
+
+    /// The region holding host address `addr`.
+    fn region_of(&self, addr: u64) -> Option<Region> {
+        self.regions
+            .iter()
+            .find(|r| addr >= r.host && addr < r.host + r.len)
+            .copied()
+    }
+
+    /// Load the data pages of the aligned block around the data page at
+    /// `addr` (memfd offset `offset`) in region `r`: one read, one copy
+    /// per run of data pages. Pages already there are left alone.
+    fn load_block(
+        &self,
+        buf: &mut PageBuf,
+        r: Region,
+        addr: u64,
+        offset: u64,
+        stats: &mut LoadStats,
+    ) -> Result<(), LazyRamError> {
+        let page = PAGE as u64;
+        // The block, clipped to the region (whose offset and size are
+        // page aligned).
+        let start = (offset & !(BLOCK as u64 - 1)).max(r.offset);
+        let end = (start + BLOCK as u64).min(r.offset + r.len);
+        let bytes = &mut buf.as_mut_slice()[..(end - start) as usize];
+        self.image
+            .read_exact_at(bytes, start)
+            .map_err(|source| LazyRamError::ReadPage {
+                path: self.path.clone(),
+                offset: start,
+                source,
+            })?;
+        let host = |off: u64| r.host + (off - r.offset);
+        let mut at = start;
+        while at < end {
+            if !self.index.is_data(at) {
+                at += page;
+                continue;
+            }
+            let mut run_end = at + page;
+            while run_end < end && self.index.is_data(run_end) {
+                run_end += page;
+            }
+            let src = bytes[(at - start) as usize..].as_ptr();
+            if self.uffd.copy(host(at), src, run_end - at)? {
+                stats.copied += (run_end - at) / page;
+            } else {
+                // Part of the run was there already: page by page.
+                for p in (at..run_end).step_by(PAGE) {
+                    let src = bytes[(p - start) as usize..].as_ptr();
+                    if self.uffd.copy(host(p), src, page)? {
+                        stats.copied += 1;
+                    }
+                }
+            }
+            at = run_end;
+        }
+        // The faulting page is a data page of this block: it was copied
+        // now or before, and either way its waiters were woken.
+        debug_assert!(addr >= host(start) && addr < host(end));
+        Ok(())
+    }
+
+    /// Answer faults until `stop` is signalled; an error leaves the
+    /// faulting threads waiting (the caller ends the VM).
+    pub fn serve(self, stop: &EventFd) -> Result<LoadStats, LazyRamError> {
+        let mut buf = PageBuf::new()?;
+        let mut stats = LoadStats::default();
+        let page_mask = !(PAGE as u64 - 1);
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.uffd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is an array of two pollfds we own.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(LazyRamError::Poll(e));
+            }
+            if fds[1].revents != 0 {
+                return Ok(stats);
+            }
+            while let Some(fault) = self.uffd.read_fault()? {
+                let addr = fault.addr & page_mask;
+                let r = self
+                    .region_of(addr)
+                    .ok_or(LazyRamError::Stray { addr: fault.addr })?;
+                let offset = r.offset + (addr - r.host);
+                if self.index.is_data(offset) {
+                    self.load_block(&mut buf, r, addr, offset, &mut stats)?;
+                } else if self.uffd.zero(addr, PAGE as u64)? {
+                    stats.zeroed += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// Pages of the memfd that hold memory (allocated), by SEEK_DATA.
+    fn allocated_pages(ram: &GuestRam) -> u64 {
+        let fd = ram.memfd.as_raw_fd();
+        let (mut pos, mut pages) = (0i64, 0u64);
+        loop {
+            // SAFETY: lseek on a descriptor we own.
+            let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+            if start < 0 {
+                return pages;
+            }
+            // SAFETY: as above.
+            let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+            pages += (end - start) as u64 / PAGE as u64;
+            pos = end;
+        }
+    }
+
+    #[test]
+    fn pages_come_from_the_image_when_touched_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = create_guest_ram(8 << 20).unwrap();
+        saved
+            .mem
+            .write_obj(0x1111u32, GuestAddress(0x1000))
+            .unwrap();
+        saved
+            .mem
+            .write_obj(0x2222u32, GuestAddress(0x5ffc))
+            .unwrap();
+        saved
+            .mem
+            .write_obj(0x3333u32, GuestAddress(0x70_0000))
+            .unwrap();
+        let path = dir.path().join("memory");
+        let image = memory_image::save(&saved, &path).unwrap();
+
+        let (ram, source) = load(&path, 8 << 20, image.digest).unwrap();
+        assert_eq!(source.data_pages(), 3);
+        assert_eq!(allocated_pages(&ram), 0, "loaded before being touched");
+        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let stop2 = stop.try_clone().unwrap();
+        let loader = std::thread::spawn(move || source.serve(&stop2));
+
+        let mem = ram.mem.clone();
+        let reader = std::thread::spawn(move || {
+            (
+                mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+                mem.read_obj::<u32>(GuestAddress(0x5ffc)).unwrap(),
+                // Between data pages of one registered run: zero.
+                mem.read_obj::<u32>(GuestAddress(0x3000)).unwrap(),
+                // A hole far from any data page: never registered.
+                mem.read_obj::<u32>(GuestAddress(0x40_0000)).unwrap(),
+            )
+        });
+        assert_eq!(reader.join().unwrap(), (0x1111, 0x2222, 0, 0));
+        // Written before read: the page still comes from the image first.
+        ram.mem.write_obj(0x44u8, GuestAddress(0x70_0001)).unwrap();
+        assert_eq!(
+            ram.mem.read_obj::<u32>(GuestAddress(0x70_0000)).unwrap(),
+            0x4433
+        );
+        stop.write(1).unwrap();
+        let stats = loader.join().unwrap().unwrap();
+        assert_eq!(stats.copied, 3, "{stats:?}");
+        assert_eq!(stats.zeroed, 1, "{stats:?}");
+        assert!(
+            allocated_pages(&ram) <= 5,
+            "{} pages allocated",
+            allocated_pages(&ram)
+        );
+    }
+
+    #[test]
+    fn a_corrupt_image_is_refused_before_guest_ram_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = create_guest_ram(4 << 20).unwrap();
+        saved.mem.write_obj(7u8, GuestAddress(0x2000)).unwrap();
+        let path = dir.path().join("memory");
+        let image = memory_image::save(&saved, &path).unwrap();
+        let err = load(&path, 4 << 20, image.digest.wrapping_add(1)).unwrap_err();
+        assert!(
+            matches!(err, LazyRamError::Image(MemoryImageError::Digest { .. })),
+            "{err}"
+        );
+    }
+}
