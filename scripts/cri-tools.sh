@@ -43,7 +43,7 @@ work=$(mktemp -d "$(dirname "$out")/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 log "building crictl and critest v$version from $tar (once; ~1-2 min on 2 cores)"
 tar -xzf "$tar" -C "$work"
-src=$(find "$work" -mindepth 2 -maxdepth 2 -name go.mod -printf '%h\n' | head -n1)
+src=$(find "$work" -mindepth 2 -maxdepth 2 -name go.mod -printf '%h\n' -quit)
 [ -n "$src" ] || die "$tar holds no Go module"
 # Offline: the vendored modules only, no module proxy, no toolchain download.
 export GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=0 GOTOOLCHAIN=local

@@ -87,8 +87,11 @@ if ! compgen -G "$bb_cache/*/busybox" >/dev/null; then
 fi
 
 # Rust components used by make test.
+# (The list is read whole: grep -q on a pipe can end it early, and under
+# pipefail the writer's broken pipe would count as "not installed".)
+installed_components=$(rustup component list --installed 2>/dev/null || true)
 for comp in rustfmt clippy; do
-  rustup component list --installed 2>/dev/null | grep -q "^$comp" || { echo "[deps] rustup component add $comp"; rustup component add "$comp" >/dev/null 2>&1; }
+  grep -q "^$comp" <<<"$installed_components" || { echo "[deps] rustup component add $comp"; rustup component add "$comp" >/dev/null 2>&1; }
 done
 # cargo-fuzz, for make fuzz-smoke (scripts/fuzz-smoke.sh; a minute or two).
 if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then

@@ -133,7 +133,11 @@ for b in "${bins[@]}"; do
   for t in ${split[$name]:-}; do
     IFS=: read -r test secs test_deadline <<<"$t"
     # A renamed test must not drop out of this list unnoticed.
-    "${b#* }" --list --exact "$test" | grep -q "^$test: test$" || {
+    # (Read the whole listing: grep -q would close the pipe early, and the
+    # test binary fails on the broken pipe.)
+    listing=$("${b#* }" --list --exact "$test") || {
+      echo "e2e: $name cannot list its tests" >&2; exit 1; }
+    grep -qx "$test: test" <<<"$listing" || {
       echo "e2e: $name has no test $test (named in tests/run-e2e.sh)" >&2; exit 1; }
     entries+=("$secs"$'\t'"$name $test"$'\t'"$test_deadline"$'\t'"$exe --test-threads=1 --exact $test")
     rest+=" --skip $test"

@@ -53,7 +53,7 @@ exec 3>&1
 # Why the test host failed, from what tests/testhost/run.sh said on stderr.
 testhost_reason() {
   local r
-  r=$(grep -E '^testhost: .*(hung|stopped|lockup|heartbeat|without an exit code)' "$errlog" | head -n1)
+  r=$(grep -m1 -E '^testhost: .*(hung|stopped|lockup|heartbeat|without an exit code)' "$errlog")
   [ -n "$r" ] || r=$(grep -E '^testhost: ' "$errlog" | grep -v '^testhost: monitor' | tail -n1)
   r=${r#testhost: }; r=${r%; killing it*}
   echo "${r:-the test host failed (exit 126)}"

@@ -39,7 +39,7 @@ resolve() {  # $1 = path relative to $moddir
   order+=("$rel")
 }
 for m in $wanted; do
-  rel=$(grep -E "/${m//_/[_-]}\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | head -n1 | cut -d: -f1)
+  rel=$(grep -m1 -E "/${m//_/[_-]}\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | cut -d: -f1 || true)
   [ -n "$rel" ] || { echo "testhost: module $m not found for $kver" >&2; exit 2; }
   resolve "$rel"
 done
