@@ -402,7 +402,9 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
         devices.push(Box::new(net));
     }
     if args.rng {
-        devices.push(Box::new(Rng::new()));
+        devices.push(Box::new(
+            Rng::new().context("cannot set up the --rng device")?,
+        ));
     }
     let mut fs = Vec::new();
     for cfg in std::mem::take(&mut args.fs) {

@@ -27,7 +27,7 @@ pub const MEMORY_FILE: &str = "memory";
 /// The first bytes of a state file.
 pub const MAGIC: [u8; 8] = *b"COCOONVM";
 /// Bumped whenever [`VmSnapshot`] or anything in it changes shape.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// A state file is a few hundred KiB at most; refuse to read more.
 const MAX_BODY: u64 = 64 << 20;
 const HEADER: usize = 8 + 4 + 8;

@@ -349,10 +349,13 @@ pub struct VmmBuilder {
 
 /// The worker thread kind of a virtio device type.
 fn worker_kind(device_type: u32) -> Option<ThreadKind> {
+    use virtio_bindings::virtio_ids::*;
     match device_type {
-        1 => Some(ThreadKind::Net),
-        19 => Some(ThreadKind::Vsock),
-        26 => Some(ThreadKind::FsWorker),
+        VIRTIO_ID_NET => Some(ThreadKind::Net),
+        VIRTIO_ID_BLOCK => Some(ThreadKind::Block),
+        VIRTIO_ID_RNG => Some(ThreadKind::Rng),
+        VIRTIO_ID_VSOCK => Some(ThreadKind::Vsock),
+        VIRTIO_ID_FS => Some(ThreadKind::FsWorker),
         _ => None,
     }
 }

@@ -273,7 +273,7 @@ impl Guest {
         };
         let vsock = Box::new(Vsock::new(GUEST_CID, muxer).unwrap());
         let vsock = MmioTransport::new(vsock, mem.clone(), irq());
-        let rng = MmioTransport::new(Box::new(Rng::new()), mem.clone(), irq());
+        let rng = MmioTransport::new(Box::new(Rng::new().unwrap()), mem.clone(), irq());
         Guest {
             mem,
             vsock,
@@ -304,7 +304,8 @@ impl Guest {
         bring_up(&mut self.rng, &[&rings[3]]);
     }
 
-    /// The rng answers one 64-byte request synchronously with random bytes.
+    /// The rng (on its own device thread) answers one 64-byte request
+    /// with random bytes.
     fn rng_serves(&mut self, ring: &mut Ring, round: u16) {
         let addr = RNG_AREA + u64::from(round % 64) * 64;
         self.mem
@@ -313,6 +314,10 @@ impl Guest {
         let before = ring.used_idx();
         ring.post(round % QSIZE, &[writable(addr, 64)]);
         w32(&mut self.rng, regs::QUEUE_NOTIFY, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ring.used_idx() == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(
             ring.used_idx(),
             before.wrapping_add(1),

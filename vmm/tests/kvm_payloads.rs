@@ -231,6 +231,9 @@ impl VirtioDevice for NullDevice {
         Ok(())
     }
     fn reset(&mut self) {}
+    fn queue_events(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+        &[]
+    }
 }
 
 #[test]

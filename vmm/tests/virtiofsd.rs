@@ -171,7 +171,7 @@ fn virtiofsd_answers_fuse_init_and_its_death_is_reported() {
     assert_eq!(fs.health().broken(), None);
 
     add_init(&mem, &requests, 0, 0x1234, 0x40000);
-    fs.queue_notify(1);
+    fs.queue_events()[1].write(1).unwrap();
     wait_for("virtiofsd to answer FUSE_INIT", || {
         requests.used().idx().load() == 1
     });
@@ -187,7 +187,7 @@ fn virtiofsd_answers_fuse_init_and_its_death_is_reported() {
     let health = fs.health();
     wait_for("the death to be noticed", || health.broken().is_some());
     add_init(&mem, &requests, 2, 0x5678, 0x50000);
-    fs.queue_notify(1);
+    fs.queue_events()[1].write(1).unwrap();
     wait_for("the request to fail", || requests.used().idx().load() == 2);
     assert_eq!(reply_header(&mem, 0x50100), (16, -5, 0x5678));
     fs.reset();

@@ -1,7 +1,7 @@
 //! virtio-blk queue processing over guest memory the fuzzer writes: the
 //! descriptor table, the avail ring and the data region (request headers,
-//! data, status bytes) come from the input, then the device, backed by a
-//! 32 KiB in-memory file, serves the queue.
+//! data, status bytes) come from the input, then the device's queue
+//! handler, backed by a 32 KiB in-memory file, serves the queue twice.
 //!
 //! Input: `[queue size selector] [flags: bit 0 read-only, bit 1 serial]
 //! [table + avail ring] [data...]`.
@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use cocoon_vmm::devices::virtio::block::{Block, BlockConfig};
-use cocoon_vmm::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use cocoon_vmm::devices::virtio::event_loop::{Event, Inline};
+use cocoon_vmm::devices::virtio::VirtioInterrupt;
 use cocoon_vmm_fuzz::{fill_queues, guest_memory, memfd_path, queue_size, Input};
 use libfuzzer_sys::fuzz_target;
 use vmm_sys_util::eventfd::EventFd;
@@ -35,11 +36,12 @@ fuzz_target!(|data: &[u8]| {
     if flags & 2 != 0 {
         config.serial = Some("fuzz-serial-0123456789".into());
     }
-    let mut blk = Block::new(&config).expect("open the fuzz disk");
+    let blk = Block::new(&config).expect("open the fuzz disk");
     let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
     let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().expect("eventfd")));
-    blk.activate(mem, queues, interrupt).expect("activate");
-    blk.queue_notify(0);
-    blk.queue_notify(0);
-    blk.reset();
+    let [queue]: [_; 1] = queues.try_into().expect("one queue");
+    // The device thread's passes, run inline (the event loop's `Inline`).
+    let mut d = Inline::new(blk.handler(mem, queue), interrupt, 1).expect("inline loop");
+    d.event(Event::Queue(0));
+    d.event(Event::Queue(0));
 });

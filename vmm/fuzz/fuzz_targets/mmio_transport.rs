@@ -40,7 +40,7 @@ fn disk() -> &'static PathBuf {
 
 fn device(selector: u8) -> Box<dyn VirtioDevice> {
     match selector % 3 {
-        0 => Box::new(Rng::new()),
+        0 => Box::new(Rng::new().expect("rng eventfd")),
         1 => Box::new(Block::new(&BlockConfig::new(disk())).expect("open the fuzz disk")),
         _ => Box::new(Vsock::new(TEST_CID, TestBackend::default()).expect("vsock device")),
     }

@@ -218,13 +218,6 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, Fail> {
                     libc::SYS_sendto,
                     libc::SYS_recvfrom,
                     libc::SYS_shutdown,
-                    // virtio-blk: positioned I/O on its file.
-                    libc::SYS_pread64,
-                    libc::SYS_pwrite64,
-                    libc::SYS_preadv,
-                    libc::SYS_pwritev,
-                    libc::SYS_fsync,
-                    libc::SYS_fdatasync,
                 ],
             );
         }
@@ -249,11 +242,30 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, Fail> {
                 ],
             );
         }
+        ThreadKind::Rng => {
+            // getrandom is in every list.
+            allow(&mut r, &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait]);
+        }
+        ThreadKind::Block => {
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                    // Positioned I/O on its file.
+                    libc::SYS_pread64,
+                    libc::SYS_pwrite64,
+                    libc::SYS_preadv,
+                    libc::SYS_pwritev,
+                    libc::SYS_fsync,
+                    libc::SYS_fdatasync,
+                ],
+            );
+        }
         ThreadKind::Net => {
             allow(
                 &mut r,
                 &[
-                    libc::SYS_epoll_create1,
                     libc::SYS_epoll_wait,
                     libc::SYS_epoll_pwait,
                     libc::SYS_epoll_ctl,

@@ -61,7 +61,7 @@ pub enum ThreadKind {
     /// then tears the VM down.
     Main,
     /// A vCPU: `KVM_RUN`, and the MMIO/PIO handlers of every device,
-    /// including virtio activation and the block and rng devices.
+    /// including virtio activation (queues are served by device threads).
     Vcpu,
     /// The vsock worker: the Unix-socket backend's connections.
     Vsock,
@@ -69,6 +69,10 @@ pub enum ThreadKind {
     Net,
     /// A virtio-fs worker: watches the vhost-user socket.
     FsWorker,
+    /// The virtio-rng thread: the host's entropy into guest buffers.
+    Rng,
+    /// A virtio-blk thread: positioned I/O on its backing file.
+    Block,
     /// The vhost-user request watchdog.
     FsWatchdog,
     /// Feeds a terminal on stdin to the serial port.
@@ -82,12 +86,14 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 11] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Vsock,
         ThreadKind::Net,
         ThreadKind::FsWorker,
+        ThreadKind::Rng,
+        ThreadKind::Block,
         ThreadKind::FsWatchdog,
         ThreadKind::SerialInput,
         ThreadKind::Monitor,
@@ -102,6 +108,8 @@ impl ThreadKind {
             ThreadKind::Vsock => "vsock",
             ThreadKind::Net => "net",
             ThreadKind::FsWorker => "virtio-fs",
+            ThreadKind::Rng => "virtio-rng",
+            ThreadKind::Block => "virtio-blk",
             ThreadKind::FsWatchdog => "vhost-user-watchdog",
             ThreadKind::SerialInput => "serial-input",
             ThreadKind::Monitor => "jail-monitor",

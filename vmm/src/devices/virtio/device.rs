@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_queue::Queue;
+
+use super::device_state::DeviceState;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -183,9 +185,6 @@ pub trait VirtioDevice: Send {
         interrupt: std::sync::Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError>;
 
-    /// The driver wrote `queue` to QueueNotify.
-    fn queue_notify(&mut self, _queue: u16) {}
-
     /// Stop the device and forget its queues (status written to 0).
     fn reset(&mut self);
 
@@ -199,11 +198,17 @@ pub trait VirtioDevice: Send {
     /// driver state comes from a VM with other backends.
     fn restoring(&mut self) {}
 
-    /// EventFds to register as KVM ioeventfds on QueueNotify (index = queue,
-    /// datamatch = queue index); such notifications then never reach
-    /// `queue_notify`. Empty for devices notified through `queue_notify`.
-    fn queue_events(&self) -> &[EventFd] {
-        &[]
+    /// The queue kicks, index = queue (`event_loop::QueueEvents`): KVM
+    /// signals them as ioeventfds on QueueNotify (datamatch = the queue
+    /// index), and the transport writes them for a notify KVM did not
+    /// match. Made with the device, the same for every activation.
+    fn queue_events(&self) -> &[EventFd];
+
+    /// The device's own part of a snapshot (its `persist.rs`): what the
+    /// driver learned from it. A restore onto a device whose part differs
+    /// is refused.
+    fn device_state(&self) -> DeviceState {
+        DeviceState::Stateless
     }
 
     /// A vhost-user backend signals used buffers straight through the
@@ -211,31 +216,6 @@ pub trait VirtioDevice: Send {
     /// `VIRTIO_MMIO_INT_VRING` unless only a config change is pending.
     fn is_vhost_user(&self) -> bool {
         false
-    }
-}
-
-/// The end of a pass over a queue served on the notifying vCPU thread, for
-/// a device that stops serving once a pass fails: the driver is interrupted
-/// when buffers were used; on an error `broken` is set, DEVICE_NEEDS_RESET
-/// raised (with an interrupt) and the error logged as `device`'s.
-pub fn finish_queue_pass<E: std::error::Error + 'static>(
-    device: &dyn std::fmt::Display,
-    pass: Result<bool, E>,
-    interrupt: Option<&VirtioInterrupt>,
-    broken: &mut bool,
-) {
-    let pass = match interrupt {
-        Some(i) => i.after_queue_pass(pass),
-        None => pass.map(drop),
-    };
-    if let Err(e) = pass {
-        *broken = true;
-        crate::limited!(
-            error,
-            device = %device,
-            error = &e as &dyn std::error::Error,
-            "virtio device stopped: it needs a reset"
-        );
     }
 }
 

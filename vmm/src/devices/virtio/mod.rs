@@ -3,6 +3,9 @@
 pub mod block;
 pub mod checked_chain;
 pub mod device;
+pub mod device_state;
+pub mod device_thread;
+pub mod event_loop;
 pub mod fs;
 pub mod mmio;
 pub mod net;

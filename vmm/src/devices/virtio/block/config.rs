@@ -7,6 +7,22 @@ use std::str::FromStr;
 
 use super::request::ID_LEN;
 
+/// Size of the request queue.
+pub const BLOCK_QUEUE_SIZE: u16 = 256;
+/// Data segments per request we tell the driver about (`seg_max`).
+pub const SEG_MAX: u32 = 128;
+/// Longest chain: the data segments plus header and status.
+pub const MAX_DESCRIPTORS: usize = SEG_MAX as usize + 2;
+/// Bounce buffer between the file and guest memory.
+pub const CHUNK: usize = 128 * 1024;
+
+/// `VIRTIO_BLK_F_SEG_MAX`.
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+/// `VIRTIO_BLK_F_RO`.
+pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+/// `VIRTIO_BLK_F_FLUSH`.
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+
 /// Errors in a `--block` specification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlockConfigError {

@@ -12,6 +12,9 @@ use super::request::SECTOR_SIZE;
 /// Errors opening a backing file.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
+    /// The device's queue EventFd could not be made.
+    #[error("cannot create the virtio-blk queue eventfd")]
+    QueueEvents(#[source] std::io::Error),
     /// The file does not exist.
     #[error("block backing file {0} does not exist")]
     Missing(PathBuf),

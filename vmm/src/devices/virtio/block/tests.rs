@@ -11,6 +11,7 @@ use vmm_sys_util::tempfile::TempFile;
 use super::request::*;
 use super::test_utils::*;
 use super::*;
+use crate::devices::virtio::event_loop::{Event, Inline};
 use crate::devices::virtio::test_chains::*;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 
@@ -28,22 +29,35 @@ fn image() -> TempFile {
 
 struct Fixture {
     blk: Block,
+    d: Inline<BlockHandler>,
     irq: EventFd,
     interrupt: Arc<VirtioInterrupt>,
     _image: TempFile,
+}
+
+impl Fixture {
+    /// The driver notified the queue: one pass, as the device thread runs it.
+    fn notify(&mut self) {
+        self.d.event(Event::Queue(0));
+    }
+
+    fn is_broken(&self) -> bool {
+        self.interrupt.needs_reset()
+    }
 }
 
 fn activate_with(mem: &GuestMemoryMmap, d: &MockDriver, cfg: impl Fn(&mut BlockConfig)) -> Fixture {
     let image = image();
     let mut c = BlockConfig::new(image.as_path());
     cfg(&mut c);
-    let mut blk = Block::new(&c).unwrap();
+    let blk = Block::new(&c).unwrap();
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().unwrap()));
-    blk.activate(mem.clone(), vec![d.queue()], interrupt.clone())
-        .unwrap();
+    let handler = blk.handler(mem.clone(), d.queue());
+    let d = Inline::new(handler, interrupt.clone(), 1).unwrap();
     Fixture {
         blk,
+        d,
         irq,
         interrupt,
         _image: image,
@@ -91,7 +105,7 @@ fn reads_sectors_into_guest_memory() {
     put_header(&mem, VIRTIO_BLK_T_IN, 3);
     d.add(&read_chain(1024));
     let mut f = activate(&mem, &d);
-    f.blk.queue_notify(0);
+    f.notify();
     assert_eq!(d.used(), vec![(0, 1025)]);
     assert_eq!(status(&mem), Status::Ok as u8);
     let data = guest(&mem, BUF_ADDR, 1024);
@@ -110,7 +124,7 @@ fn writes_reach_the_file_and_flush_succeeds() {
     put_header(&mem, VIRTIO_BLK_T_OUT, 10);
     d.add(&write_chain(512));
     let mut f = activate(&mem, &d);
-    f.blk.queue_notify(0);
+    f.notify();
     assert_eq!(d.used(), vec![(0, 1)]);
     assert_eq!(status(&mem), 0);
     let on_disk = std::fs::read(f._image.as_path()).unwrap();
@@ -118,7 +132,7 @@ fn writes_reach_the_file_and_flush_succeeds() {
     assert_eq!(on_disk[11 * 512], 11, "the next sector is untouched");
     put_header(&mem, VIRTIO_BLK_T_FLUSH, 0);
     d.add(&bare_chain());
-    f.blk.queue_notify(0);
+    f.notify();
     assert_eq!(status(&mem), 0);
 }
 
@@ -134,7 +148,7 @@ fn data_split_over_many_segments() {
     descs.push(writable(STATUS_ADDR, 1));
     d.add(&descs);
     let mut f = activate(&mem, &d);
-    f.blk.queue_notify(0);
+    f.notify();
     assert_eq!(d.used(), vec![(0, 513)]);
     assert_eq!(guest(&mem, BUF_ADDR + 0x3000, 2), vec![128, 129]);
 }
@@ -146,7 +160,7 @@ fn get_id_returns_the_serial() {
     put_header(&mem, VIRTIO_BLK_T_GET_ID, 0);
     d.add(&read_chain(ID_LEN as u32));
     let mut f = activate_with(&mem, &d, |c| c.serial = Some("cocoon-disk".into()));
-    f.blk.queue_notify(0);
+    f.notify();
     assert_eq!(d.used(), vec![(0, 21)]);
     let id = guest(&mem, BUF_ADDR, ID_LEN);
     assert_eq!(&id[..11], b"cocoon-disk");
@@ -173,15 +187,15 @@ fn refused_requests_get_a_status_and_the_device_keeps_going() {
     for (i, (t, sector, chain, want)) in cases.into_iter().enumerate() {
         put_header(&mem, t, sector);
         d.add(&chain);
-        f.blk.queue_notify(0);
+        f.notify();
         assert_eq!(status(&mem), want as u8, "case {i}");
         assert_eq!(d.used()[i].1, 1, "case {i}: only the status is written");
     }
-    assert!(!f.blk.is_broken());
+    assert!(!f.is_broken());
     // Reading a sector from the read-only disk still works.
     put_header(&mem, VIRTIO_BLK_T_IN, 1);
     d.add(&read_chain(512));
-    f.blk.queue_notify(0);
+    f.notify();
     assert_eq!(status(&mem), 0);
     assert_eq!(f._image.as_file().metadata().unwrap().len(), SECTORS * 512);
 }
@@ -200,20 +214,18 @@ fn assert_breaks(descs: &[RawDescriptor], raw: bool, header: Option<(u32, u64)>)
         d.add(descs);
     }
     let mut f = activate(&mem, &d);
-    f.blk.queue_notify(0);
-    assert!(f.blk.is_broken(), "{descs:?} was accepted");
+    f.notify();
+    assert!(f.is_broken(), "{descs:?} was accepted");
     assert!(f.interrupt.needs_reset(), "DEVICE_NEEDS_RESET not raised");
     assert_eq!(d.used(), vec![(0, 0)]);
     put_header(&mem, VIRTIO_BLK_T_IN, 0);
     d.add(&read_chain(512));
-    f.blk.queue_notify(0);
+    f.notify();
     assert_eq!(
         d.used().len(),
         1,
         "a broken device must not serve more chains"
     );
-    f.blk.reset();
-    assert!(!f.blk.is_broken());
 }
 
 #[test]
@@ -300,7 +312,39 @@ fn oversized_request_is_an_io_error_not_a_crash() {
         writable(STATUS_ADDR, 1),
     ]);
     let mut f = activate(&mem, &d);
-    f.blk.queue_notify(0);
+    f.notify();
     assert_eq!(status(&mem), Status::IoErr as u8);
-    assert!(!f.blk.is_broken());
+    assert!(!f.is_broken());
+}
+
+/// The device itself: a kick on its queue event reaches the device thread,
+/// which reads the sectors and interrupts; a reset stops the thread.
+#[test]
+fn the_device_thread_serves_kicks_until_reset() {
+    let mem = test_memory();
+    let mut d = MockDriver::new(&mem, 0, 16);
+    put_header(&mem, VIRTIO_BLK_T_IN, 3);
+    d.add(&read_chain(512));
+    let image = image();
+    let mut blk = Block::new(&BlockConfig::new(image.as_path())).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().unwrap()));
+    blk.activate(mem.clone(), vec![d.queue()], interrupt.clone())
+        .unwrap();
+    blk.queue_events()[0].write(1).unwrap();
+    let start = std::time::Instant::now();
+    while d.used().is_empty() {
+        assert!(start.elapsed().as_secs() < 10, "the kick was not served");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(d.used(), vec![(0, 513)]);
+    assert_eq!(status(&mem), Status::Ok as u8);
+    assert_eq!(guest(&mem, BUF_ADDR, 2), vec![3, 4]);
+    assert_eq!(irq.read().unwrap(), 1);
+    blk.reset();
+    put_header(&mem, VIRTIO_BLK_T_IN, 4);
+    d.add(&read_chain(512));
+    blk.queue_events()[0].write(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(d.used().len(), 1, "served after the reset");
 }

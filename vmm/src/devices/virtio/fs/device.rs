@@ -9,9 +9,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::Connection;
 use super::config::{read_config_space, FsConfig, CONFIG_SPACE_LEN};
-use super::worker::{FsHealth, Worker, WorkerContext};
-use super::{FsError, TYPE_FS};
+use super::event_handler::{FsHandler, FsHealth};
+use super::persist::FsState;
+use super::FsError;
+use crate::devices::virtio::device_state::DeviceState;
+use crate::devices::virtio::device_thread::DeviceThread;
+use crate::devices::virtio::event_loop::QueueEvents;
 use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::seccomp::ThreadKind;
+use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 
 /// A virtio-fs device backed by a vhost-user backend (virtiofsd).
 pub struct Fs {
@@ -20,9 +26,9 @@ pub struct Fs {
     queue_sizes: Vec<u16>,
     conn: Connection,
     acked: u64,
-    kicks: Vec<EventFd>,
+    kicks: QueueEvents,
     health: Arc<FsHealth>,
-    worker: Option<Worker>,
+    worker: Option<DeviceThread<FsHandler>>,
     started: Vec<usize>,
 }
 
@@ -48,9 +54,8 @@ impl Fs {
     /// Build the device over an already negotiated connection.
     pub fn with_connection(config: FsConfig, conn: Connection) -> Result<Self, FsError> {
         config.validate()?;
-        let kicks = (0..config.total_queues())
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::resource("kick eventfd")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let kicks =
+            QueueEvents::new(config.total_queues()).map_err(FsError::resource("kick eventfd"))?;
         Ok(Fs {
             config_space: config.config_space(),
             queue_sizes: vec![config.queue_size; config.total_queues()],
@@ -92,14 +97,16 @@ impl Fs {
         call: &EventFd,
     ) -> Result<(), FsError> {
         self.conn.set_features_and_memory(self.acked, mem)?;
-        self.started = self.conn.start_vrings(mem, queues, &self.kicks, call)?;
+        self.started = self
+            .conn
+            .start_vrings(mem, queues, self.kicks.as_slice(), call)?;
         Ok(())
     }
 }
 
 impl VirtioDevice for Fs {
     fn device_type(&self) -> u32 {
-        TYPE_FS
+        VIRTIO_ID_FS
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -154,34 +161,24 @@ impl VirtioDevice for Fs {
                 ActivateError::Backend(format!("cannot watch the vhost-user socket: {e}"))
             })?),
         };
-        let kicks = self
-            .kicks
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ActivateError::Backend(format!("cannot clone kick eventfds: {e}")))?;
-        let worker = Worker::spawn(WorkerContext {
+        let watch_queues = socket.is_none();
+        let handler = FsHandler {
             tag: self.config.tag.as_str().to_string(),
             socket,
-            kicks,
             queues,
             mem,
-            interrupt,
             health: self.health.clone(),
-        })
-        .map_err(|e| ActivateError::Backend(e.to_string()))?;
+        };
+        let worker = DeviceThread::spawn(
+            ThreadKind::FsWorker,
+            handler,
+            self.kicks.as_slice(),
+            interrupt,
+            watch_queues,
+        )
+        .map_err(|failed| ActivateError::Backend(format!("virtio-fs: {}", failed.0)))?;
         self.worker = Some(worker);
         Ok(())
-    }
-
-    fn queue_notify(&mut self, queue: u16) {
-        // Reached only when the ioeventfd is not registered (tests, or a
-        // notify value KVM did not match): forward it to the same EventFd.
-        if let Some(kick) = self.kicks.get(usize::from(queue)) {
-            if let Err(e) = kick.write(1) {
-                crate::limited!(warn, error = %e, "cannot kick the virtio-fs backend");
-            }
-        }
     }
 
     fn quiesce(&mut self) {
@@ -201,8 +198,14 @@ impl VirtioDevice for Fs {
         self.acked = 0;
     }
 
+    fn device_state(&self) -> DeviceState {
+        DeviceState::Fs(FsState {
+            tag: self.config.tag.as_str().to_string(),
+        })
+    }
+
     fn queue_events(&self) -> &[EventFd] {
-        &self.kicks
+        self.kicks.as_slice()
     }
 
     fn is_vhost_user(&self) -> bool {

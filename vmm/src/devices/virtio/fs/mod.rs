@@ -8,7 +8,7 @@
 //! number of request queues) and the lifecycle.
 //!
 //! A backend that dies is reported, not hung on: every request has a
-//! deadline (`watchdog.rs`), a worker thread watches the socket for hang-up, and from then on
+//! deadline (`watchdog.rs`), the device thread watches the socket for hang-up, and from then on
 //! the device is broken: the worker takes the queues over and completes
 //! every guest request with `EIO` (`request.rs`), so the guest sees I/O
 //! errors instead of hanging, and the VMM keeps running.
@@ -18,16 +18,17 @@
 //! | `config.rs` | `FsConfig`, `--fs` parsing, the tag and the config space |
 //! | `backend.rs` | the vhost-user connection: negotiation, memory table, vrings |
 //! | `device.rs` | `Fs`, the `VirtioDevice` |
-//! | `worker.rs` | the thread that watches the backend and serves EIO once it died |
+//! | `event_handler.rs` | the device thread's handler: watches the backend, serves EIO once it died |
 //! | `request.rs` | FUSE header parsing and EIO completion of guest chains |
 //! | `watchdog.rs` | closes the socket when a vhost-user request takes too long |
 
 pub mod backend;
 pub mod config;
 pub mod device;
+pub mod event_handler;
+pub mod persist;
 pub mod request;
 pub mod watchdog;
-pub mod worker;
 
 #[cfg(test)]
 pub mod test_utils;
@@ -40,8 +41,7 @@ pub use backend::{connect_socket, Connection};
 pub use config::{parse_fs_options, FsConfig, Tag};
 pub use device::Fs;
 
-/// virtio device id of virtio-fs.
-pub const TYPE_FS: u32 = 26;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 
 /// Errors of the fs device and its vhost-user backend.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

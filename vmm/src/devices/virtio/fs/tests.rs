@@ -102,7 +102,7 @@ fn handshake_negotiates_what_we_need() {
         | VhostUserProtocolFeatures::RESET_DEVICE;
     assert_eq!(fake.state.lock().unwrap().acked_protocol, want.bits());
     assert_eq!(fs.features(), GUEST_FEATURES);
-    assert_eq!(fs.device_type(), TYPE_FS);
+    assert_eq!(fs.device_type(), VIRTIO_ID_FS);
     assert_eq!(fs.queue_max_sizes(), &[QSIZE, QSIZE]);
     assert_eq!(fs.queue_events().len(), 2);
     assert!(fs.is_vhost_user());
@@ -224,7 +224,7 @@ fn activation_and_reset_sequences() {
         );
         assert!(v1.enabled && s.vrings[&0].enabled);
         // A kick reaches the backend's kick fd; its call raises our irq.
-        fs.queue_notify(1);
+        fs.queue_events()[1].write(1).unwrap();
         let mut buf = [0u8; 8];
         v1.kick.as_ref().unwrap().read_exact(&mut buf).unwrap();
         assert_eq!(u64::from_ne_bytes(buf), 1);
@@ -306,7 +306,7 @@ fn a_backend_that_dies_is_reported_and_requests_fail_with_eio() {
     assert!(irq_evt.read().unwrap() >= 1);
     // A new request after the death is failed too (kick through queue_notify).
     add_fuse_request(rq, &mem, 4, (4, 10), 0x36000, (0x37000, 32));
-    fs.queue_notify(1);
+    fs.queue_events()[1].write(1).unwrap();
     wait_for("the late request to fail", || rq.used().idx().load() == 3);
     assert_eq!(read_reply(&mem, 0x37000), (16, -5, 10));
     // Reset and drop neither hang nor talk to the dead backend.

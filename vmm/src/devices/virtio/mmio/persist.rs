@@ -17,6 +17,7 @@ use super::{ActivationFailure, MmioTransport};
 use crate::devices::virtio::device::{
     ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING,
 };
+use crate::devices::virtio::device_state::DeviceState;
 
 /// Errors of transport save and restore. The state comes from a host-owned
 /// file that may still be corrupt: every inconsistency is an error here,
@@ -32,6 +33,14 @@ pub enum PersistError {
     /// Bytes left over after a decoded state.
     #[error("{0} unexpected bytes after the virtio-mmio transport state")]
     TrailingBytes(usize),
+    /// The device is not the one saved (another CID, MAC, tag, disk...).
+    #[error("the saved device {saved} differs from this VM's {device}")]
+    DeviceState {
+        /// The saved part.
+        saved: String,
+        /// This device's.
+        device: String,
+    },
     /// The state belongs to another kind of device.
     #[error("state of virtio device type {saved} restored onto a device of type {device}")]
     DeviceType {
@@ -194,6 +203,8 @@ pub struct MmioTransportState {
     pub needs_reset: bool,
     /// Per queue, in index order.
     pub queues: Vec<QueueSnapshot>,
+    /// The device's own part (its `persist.rs`), checked on restore.
+    pub device: DeviceState,
 }
 
 impl MmioTransportState {
@@ -252,6 +263,7 @@ impl MmioTransport {
             config_generation: self.interrupt.config_generation(),
             needs_reset: self.interrupt.needs_reset(),
             queues,
+            device: self.device.device_state(),
         })
     }
 
@@ -341,6 +353,13 @@ fn check_device(device: &dyn VirtioDevice, state: &MmioTransportState) -> Result
                 offered,
             });
         }
+    }
+    let own = device.device_state();
+    if state.device != own {
+        return Err(PersistError::DeviceState {
+            saved: format!("{:?}", state.device),
+            device: format!("{own:?}"),
+        });
     }
     if state.interrupt_status & !(VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG) != 0 {
         return Err(PersistError::InterruptStatus(state.interrupt_status));

@@ -1,4 +1,4 @@
-//! Transport save/restore with virtio-rng (served on the notifying thread)
+//! Transport save/restore with virtio-rng (served on its device thread)
 //! and `MockSplitQueue` playing the guest driver.
 
 use std::sync::Arc;
@@ -24,14 +24,19 @@ fn interrupt() -> Arc<VirtioInterrupt> {
 }
 
 fn rng_transport(mem: &GuestMemoryMmap) -> MmioTransport {
-    MmioTransport::new(Box::new(Rng::new()), mem.clone(), interrupt())
+    MmioTransport::new(Box::new(Rng::new().unwrap()), mem.clone(), interrupt())
 }
 
 fn restore_rng(
     mem: &GuestMemoryMmap,
     state: &MmioTransportState,
 ) -> Result<MmioTransport, PersistError> {
-    MmioTransport::restore(Box::new(Rng::new()), mem.clone(), interrupt(), state)
+    MmioTransport::restore(
+        Box::new(Rng::new().unwrap()),
+        mem.clone(),
+        interrupt(),
+        state,
+    )
 }
 
 /// Make one writable buffer at `DATA_ADDR + slot * 0x1000` available, with
@@ -60,6 +65,23 @@ fn used(vq: &MockSplitQueue<GuestMemoryMmap>) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// Notify queue 0 and wait until the device thread has used `total`
+/// chains in all; then make sure it uses no more.
+fn notify_until(t: &mut MmioTransport, vq: &MockSplitQueue<GuestMemoryMmap>, total: u16) {
+    w32(t, regs::QUEUE_NOTIFY, 0);
+    let start = std::time::Instant::now();
+    while vq.used().idx().load() < total {
+        assert!(start.elapsed().as_secs() < 10, "the notify was not served");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(
+        vq.used().idx().load(),
+        total,
+        "more chains used than offered"
+    );
+}
+
 /// An activated rng transport whose queue 0 is `vq`.
 fn activated_rng(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) -> MmioTransport {
     let mut t = rng_transport(mem);
@@ -76,7 +98,7 @@ fn buffers_in_flight_survive_save_and_restore() {
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_SIZE);
     let mut t = activated_rng(&mem, &vq);
     offer(&vq, 0);
-    w32(&mut t, regs::QUEUE_NOTIFY, 0);
+    notify_until(&mut t, &vq, 1);
     assert_eq!(used(&vq), vec![(0, BUF_LEN)]);
     let first = buffer(&mem, 0);
     // The second chain is available but not served when the snapshot is taken.
@@ -105,7 +127,7 @@ fn buffers_in_flight_survive_save_and_restore() {
         "restore then save is the identity"
     );
 
-    w32(&mut r, regs::QUEUE_NOTIFY, 0);
+    notify_until(&mut r, &vq, 2);
     assert_eq!(used(&vq), vec![(0, BUF_LEN), (1, BUF_LEN)]);
     // A replay from next_used 0 would leave the same used ring (entries 0
     // and 1 rewritten, idx 2); the first buffer's bytes tell it apart.
@@ -115,7 +137,7 @@ fn buffers_in_flight_survive_save_and_restore() {
         "second chain not filled"
     );
     // Nothing more to do: another notify changes nothing.
-    w32(&mut r, regs::QUEUE_NOTIFY, 0);
+    notify_until(&mut r, &vq, 2);
     assert_eq!(vq.used().idx().load(), 2);
 }
 
@@ -125,7 +147,7 @@ fn state_round_trips_through_postcard() {
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_SIZE);
     let mut t = activated_rng(&mem, &vq);
     offer(&vq, 0);
-    w32(&mut t, regs::QUEUE_NOTIFY, 0);
+    notify_until(&mut t, &vq, 1);
     w32(&mut t, regs::QUEUE_SEL, 7);
     let state = t.save().unwrap();
     let bytes = state.to_bytes().unwrap();
@@ -324,6 +346,23 @@ fn never_activated_transport_restores_and_comes_up_normally() {
     w32(&mut r, regs::STATUS, ALL_OK);
     assert!(r.is_activated());
     offer(&vq, 0);
-    w32(&mut r, regs::QUEUE_NOTIFY, 0);
+    notify_until(&mut r, &vq, 1);
     assert_eq!(used(&vq), vec![(0, BUF_LEN)]);
+}
+
+#[test]
+fn a_restore_onto_another_device_part_is_refused_and_names_both() {
+    use crate::devices::virtio::device_state::DeviceState;
+    use crate::devices::virtio::vsock::persist::VsockState;
+    let mem = test_memory();
+    let mut state = rng_transport(&mem).save().unwrap();
+    assert!(matches!(state.device, DeviceState::Rng(_)));
+    assert!(restore_rng(&mem, &state).is_ok());
+    // A template whose device told the driver something else (here: a
+    // vsock CID on what is now an rng) is not continued from.
+    state.device = DeviceState::Vsock(VsockState { cid: 3 });
+    let err = restore_rng(&mem, &state).err().expect("restored anyway");
+    assert!(matches!(err, PersistError::DeviceState { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("cid: 3") && msg.contains("Rng"), "{msg}");
 }

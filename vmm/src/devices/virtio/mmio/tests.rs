@@ -16,6 +16,7 @@ use super::*;
 use crate::devices::virtio::device::{
     ActivateError, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING,
 };
+use crate::devices::virtio::event_loop::QueueEvents;
 
 pub(super) const QUEUE_SIZE: u16 = 16;
 const DUMMY_FEATURES: u64 = 1 << 3;
@@ -31,12 +32,20 @@ struct Seen {
     config_writes: Vec<(u64, Vec<u8>)>,
 }
 
-struct Dummy {
-    seen: Arc<Mutex<Seen>>,
-    fail_activate: bool,
+/// What the dummy device serves its queues with, shared with the test
+/// (which plays the device thread: `Fixture::serve`).
+#[derive(Default)]
+struct DummyQueues {
     mem: Option<GuestMemoryMmap>,
     queues: Vec<Queue>,
     interrupt: Option<Arc<VirtioInterrupt>>,
+}
+
+struct Dummy {
+    seen: Arc<Mutex<Seen>>,
+    fail_activate: bool,
+    active: Arc<Mutex<DummyQueues>>,
+    kicks: QueueEvents,
     config: [u8; 8],
 }
 
@@ -76,36 +85,19 @@ impl VirtioDevice for Dummy {
             return Err(ActivateError::Backend("dummy refuses".into()));
         }
         self.seen.lock().unwrap().activations += 1;
-        self.mem = Some(mem);
-        self.queues = queues;
-        self.interrupt = Some(interrupt);
-        Ok(())
-    }
-    fn queue_notify(&mut self, index: u16) {
-        // Queue 1 stands for a device that breaks on its own thread.
-        if index == 1 {
-            if let Some(irq) = &self.interrupt {
-                irq.signal_needs_reset();
-            }
-            return;
-        }
-        let (Some(mem), Some(q)) = (self.mem.as_ref(), self.queues.get_mut(index as usize)) else {
-            return;
+        *self.active.lock().unwrap() = DummyQueues {
+            mem: Some(mem),
+            queues,
+            interrupt: Some(interrupt),
         };
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let len: u32 = chain.clone().map(|d| d.len()).fold(0, u32::saturating_add);
-            q.add_used(mem, head, len).unwrap();
-            self.seen.lock().unwrap().used.push((index, head, len));
-        }
-        if let Some(irq) = &self.interrupt {
-            irq.signal_used_queue();
-        }
+        Ok(())
     }
     fn reset(&mut self) {
         self.seen.lock().unwrap().resets += 1;
-        self.queues.clear();
-        self.mem = None;
+        *self.active.lock().unwrap() = DummyQueues::default();
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        self.kicks.as_slice()
     }
 }
 
@@ -114,19 +106,61 @@ struct Fixture {
     mem: GuestMemoryMmap,
     seen: Arc<Mutex<Seen>>,
     irq: EventFd,
+    active: Arc<Mutex<DummyQueues>>,
+    kicks: Vec<EventFd>,
+}
+
+impl Fixture {
+    /// Whether the transport kicked queue `index` since the last look.
+    fn kicked(&self, index: usize) -> bool {
+        self.kicks[index].read().is_ok()
+    }
+
+    /// Play the device thread for a kick of queue `index`: it must have
+    /// been kicked; queue 1 stands for a device that breaks, queue 0
+    /// uses every chain.
+    fn serve(&self, index: u16) {
+        assert!(self.kicked(index.into()), "queue {index} was not kicked");
+        let mut a = self.active.lock().unwrap();
+        let DummyQueues {
+            mem,
+            queues,
+            interrupt,
+        } = &mut *a;
+        if index == 1 {
+            if let Some(irq) = interrupt {
+                irq.signal_needs_reset();
+            }
+            return;
+        }
+        let (Some(mem), Some(q)) = (mem.as_ref(), queues.get_mut(usize::from(index))) else {
+            return;
+        };
+        while let Some(chain) = q.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len: u32 = chain.clone().map(|d| d.len()).fold(0, u32::saturating_add);
+            q.add_used(mem, head, len).unwrap();
+            self.seen.lock().unwrap().used.push((index, head, len));
+        }
+        if let Some(irq) = interrupt {
+            irq.signal_used_queue();
+        }
+    }
 }
 
 fn fixture_with(fail_activate: bool) -> Fixture {
     let mem: GuestMemoryMmap =
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
+    let active = Arc::new(Mutex::new(DummyQueues::default()));
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let kicks = QueueEvents::new(2).unwrap();
+    let test_kicks = kicks.try_clone().unwrap();
     let dev = Dummy {
         seen: seen.clone(),
         fail_activate,
-        mem: None,
-        queues: Vec::new(),
-        interrupt: None,
+        active: active.clone(),
+        kicks,
         config: [1, 2, 3, 4, 5, 6, 7, 8],
     };
     let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().unwrap()));
@@ -136,6 +170,8 @@ fn fixture_with(fail_activate: bool) -> Fixture {
         mem,
         seen,
         irq,
+        active,
+        kicks: test_kicks,
     }
 }
 
@@ -384,6 +420,7 @@ fn a_device_that_breaks_reports_needs_reset_once_until_reset() {
     assert!(f.mmio.is_activated());
     assert_eq!(r32(&mut f.mmio, regs::STATUS) & DEVICE_NEEDS_RESET, 0);
     w32(&mut f.mmio, regs::QUEUE_NOTIFY, 1);
+    f.serve(1);
     assert_eq!(r32(&mut f.mmio, regs::STATUS), ALL_OK | DEVICE_NEEDS_RESET);
     assert_ne!(
         r32(&mut f.mmio, regs::INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG,
@@ -392,6 +429,7 @@ fn a_device_that_breaks_reports_needs_reset_once_until_reset() {
     assert_eq!(f.irq.read().unwrap(), 1);
     // Breaking again sends no second notification.
     w32(&mut f.mmio, regs::QUEUE_NOTIFY, 1);
+    f.serve(1);
     assert_eq!(r32(&mut f.mmio, regs::CONFIG_GENERATION), 1);
     assert!(f.irq.read().is_err(), "a second config interrupt");
     // A reset clears it.
@@ -457,10 +495,12 @@ fn notify_processes_chains_and_interrupts() {
     q.add_desc_chains(&descs, 0).unwrap();
     // Notify before DRIVER_OK does nothing.
     w32(&mut f.mmio, regs::QUEUE_NOTIFY, 0);
+    assert!(!f.kicked(0), "kicked before DRIVER_OK");
     assert!(f.seen.lock().unwrap().used.is_empty());
 
     bring_up(&mut f.mmio, &q);
     w32(&mut f.mmio, regs::QUEUE_NOTIFY, 0);
+    f.serve(0);
     assert_eq!(
         f.seen.lock().unwrap().used,
         vec![(0, 0, 0x300), (0, 2, 0x10)]
@@ -475,6 +515,7 @@ fn notify_processes_chains_and_interrupts() {
     assert_eq!(r32(&mut f.mmio, regs::INTERRUPT_STATUS), 0);
     // Notifying a queue that does not exist is ignored.
     w32(&mut f.mmio, regs::QUEUE_NOTIFY, 9);
+    assert!(!f.kicked(0) && !f.kicked(1), "a kick for queue 9");
     assert_eq!(f.seen.lock().unwrap().used.len(), 2);
 }
 
@@ -500,6 +541,7 @@ fn malformed_chains_terminate() {
     q.add_desc_chains(&looping, 5).unwrap();
     bring_up(&mut f.mmio, &q);
     w32(&mut f.mmio, regs::QUEUE_NOTIFY, 0);
+    f.serve(0);
     let used = f.seen.lock().unwrap().used.clone();
     assert_eq!(used.len(), 2);
     // The bad `next` ends the chain after the first descriptor.

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use super::worker::{FrameIo, NET_HDR_LEN};
+use super::event_handler::{FrameIo, NET_HDR_LEN};
 
 /// What the fake TAP holds: frames for the guest, frames from the guest.
 #[derive(Debug, Default)]

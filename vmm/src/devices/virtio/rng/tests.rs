@@ -7,26 +7,37 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
+use crate::devices::virtio::event_loop::{Event, Inline};
 use crate::devices::virtio::test_chains::*;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 
 struct Fixture {
-    rng: Rng,
+    d: Inline<RngHandler>,
     irq: EventFd,
     interrupt: Arc<VirtioInterrupt>,
+}
+
+impl Fixture {
+    /// The driver notified the queue: one pass, as the device thread runs it.
+    fn notify(&mut self) {
+        self.d.event(Event::Queue(0));
+    }
+
+    fn is_broken(&self) -> bool {
+        self.interrupt.needs_reset()
+    }
 }
 
 fn activate(mem: &GuestMemoryMmap, driver: &MockDriver) -> Fixture {
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().unwrap()));
-    let mut rng = Rng::new();
-    rng.activate(mem.clone(), vec![driver.queue()], interrupt.clone())
-        .unwrap();
-    Fixture {
-        rng,
-        irq,
-        interrupt,
-    }
+    let d = Inline::new(
+        RngHandler::new(mem.clone(), driver.queue()),
+        interrupt.clone(),
+        1,
+    )
+    .unwrap();
+    Fixture { d, irq, interrupt }
 }
 
 fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
@@ -49,12 +60,12 @@ fn fills_writable_buffers_and_interrupts() {
         writable(DATA_ADDR + 0x2000, 32),
     ]);
     let mut f = activate(&mem, &d);
-    f.rng.queue_notify(0);
+    f.notify();
     assert_eq!(d.used(), vec![(u32::from(a), 64), (u32::from(b), 64)]);
     assert!(random_looking(&read(&mem, DATA_ADDR, 64)));
     assert!(random_looking(&read(&mem, DATA_ADDR + 0x2000, 32)));
     assert_eq!(f.irq.read().unwrap(), 1);
-    assert!(!f.rng.is_broken());
+    assert!(!f.is_broken());
 }
 
 #[test]
@@ -64,7 +75,7 @@ fn bytes_per_chain_are_bounded() {
     let big = MAX_BYTES_PER_CHAIN * 2;
     d.add(&[writable(DATA_ADDR, big)]);
     let mut f = activate(&mem, &d);
-    f.rng.queue_notify(0);
+    f.notify();
     assert_eq!(d.used(), vec![(0, MAX_BYTES_PER_CHAIN)]);
     let tail = read(&mem, DATA_ADDR + u64::from(MAX_BYTES_PER_CHAIN), 4096);
     assert!(
@@ -74,13 +85,11 @@ fn bytes_per_chain_are_bounded() {
 }
 
 #[test]
-fn notify_before_activation_or_with_nothing_queued_is_harmless() {
-    let mut rng = Rng::new();
-    rng.queue_notify(0);
+fn notify_with_nothing_queued_is_harmless() {
     let mem = test_memory();
     let d = MockDriver::new(&mem, 0, 16);
     let mut f = activate(&mem, &d);
-    f.rng.queue_notify(0);
+    f.notify();
     assert!(d.used().is_empty());
     assert!(f.irq.read().is_err(), "no interrupt without used buffers");
 }
@@ -97,25 +106,23 @@ fn assert_breaks(descs: &[RawDescriptor], raw: bool) {
     }
     let good = d.add(&[writable(DATA_ADDR + 0x8000, 16)]);
     let mut f = activate(&mem, &d);
-    f.rng.queue_notify(0);
-    assert!(f.rng.is_broken(), "{descs:?} was accepted");
+    f.notify();
+    assert!(f.is_broken(), "{descs:?} was accepted");
     assert!(f.interrupt.needs_reset(), "DEVICE_NEEDS_RESET not raised");
     assert_eq!(d.used(), vec![(0, 0)]);
-    f.rng.queue_notify(0);
+    f.notify();
     assert_eq!(
         d.used().len(),
         1,
         "a broken device must not serve more chains"
     );
     // A reset and a new activation serve the waiting chain.
-    f.rng.reset();
-    assert!(!f.rng.is_broken());
-    let irq = Arc::new(VirtioInterrupt::new(f.irq.try_clone().unwrap()));
     let mut q = d.queue();
     virtio_queue::QueueT::set_next_avail(&mut q, 1);
     virtio_queue::QueueT::set_next_used(&mut q, 1);
-    f.rng.activate(mem.clone(), vec![q], irq).unwrap();
-    f.rng.queue_notify(0);
+    let irq = Arc::new(VirtioInterrupt::new(f.irq.try_clone().unwrap()));
+    let mut again = Inline::new(RngHandler::new(mem.clone(), q), irq, 1).unwrap();
+    again.event(Event::Queue(0));
     assert_eq!(d.used()[1], (u32::from(good), 16));
 }
 
@@ -165,14 +172,14 @@ fn overlong_chain_breaks_the_device() {
     let mut d = MockDriver::new(&mem, 0, 32);
     d.add(&many);
     let mut f = activate(&mem, &d);
-    f.rng.queue_notify(0);
-    assert!(!f.rng.is_broken(), "15 descriptors are within the limit");
+    f.notify();
+    assert!(!f.is_broken(), "15 descriptors are within the limit");
     let mut d = MockDriver::new(&mem, 0, 32);
     let many: Vec<_> = (0..17).map(|i| writable(DATA_ADDR + i * 16, 16)).collect();
     d.add(&many);
     let mut f = activate(&mem, &d);
-    f.rng.queue_notify(0);
-    assert!(f.rng.is_broken());
+    f.notify();
+    assert!(f.is_broken());
 }
 
 #[test]
@@ -180,4 +187,35 @@ fn getrandom_fills_large_buffers() {
     let mut buf = vec![0u8; 1 << 20];
     fill_random(&mut buf).unwrap();
     assert!(random_looking(&buf[buf.len() - 64..]));
+}
+
+/// The device itself: a kick on its queue event reaches the device thread,
+/// which fills the buffer and interrupts; a reset stops the thread.
+#[test]
+fn the_device_thread_serves_kicks_until_reset() {
+    let mem = test_memory();
+    let mut d = MockDriver::new(&mem, 0, 16);
+    let a = d.add(&[writable(DATA_ADDR, 32)]);
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().unwrap()));
+    let mut rng = Rng::new().unwrap();
+    assert_eq!(rng.device_type(), 4);
+    assert_eq!(rng.queue_events().len(), 1);
+    rng.activate(mem.clone(), vec![d.queue()], interrupt.clone())
+        .unwrap();
+    rng.queue_events()[0].write(1).unwrap();
+    let start = std::time::Instant::now();
+    while d.used().is_empty() {
+        assert!(start.elapsed().as_secs() < 10, "the kick was not served");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(d.used(), vec![(u32::from(a), 32)]);
+    assert!(random_looking(&read(&mem, DATA_ADDR, 32)));
+    rng.reset();
+    // After the reset nothing serves the queue.
+    d.add(&[writable(DATA_ADDR + 0x1000, 32)]);
+    rng.queue_events()[0].write(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(d.used().len(), 1);
+    assert!(!interrupt.needs_reset());
 }

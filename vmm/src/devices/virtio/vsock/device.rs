@@ -1,325 +1,31 @@
-//! `Vsock<B>`: the virtio device, and `VsockCore<B>`, which moves packets
-//! between the rx/tx queues and the backend (driven by the device thread,
-//! or directly by the unit tests).
+//! `Vsock<B>`: the virtio device. Its guest CID is the configuration
+//! space; its three queues are served by a device thread running
+//! `VsockCore` (`event_handler.rs`) on the shared event loop.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::packet::{self, VsockPacket};
-use super::worker::{self, WorkerHandle};
-use super::{
-    VsockBackend, VsockError, EVQ, MIN_GUEST_CID, QUEUE_SIZE, RXQ, TXQ, VIRTIO_ID_VSOCK,
-    VIRTIO_VSOCK_EVENT_TRANSPORT_RESET,
-};
-use crate::devices::virtio::device::{ActivateError, VirtioDevice, VirtioInterrupt};
-
-/// How long host packets wait for the driver to handle a transport reset
-/// (a guest on a loaded host can take seconds; one that never does only
-/// costs its first connection this wait).
-pub const RESET_ACK_LIMIT: Duration = Duration::from_secs(10);
-
-/// Most descriptors in one packet's chain.
-const MAX_CHAIN_DESCS: usize = 64;
-
-fn pop<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-    broken: &mut bool,
-) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
-    if *broken {
-        return None;
-    }
-    match queue.iter(mem) {
-        Ok(mut it) => it.next(),
-        Err(e) => {
-            crate::limited!(error, error = %e, "vsock avail ring invalid; device broken");
-            *broken = true;
-            None
-        }
-    }
-}
-
-/// The queues, guest memory and backend of an active device.
-pub struct VsockCore<B: VsockBackend> {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    interrupt: Arc<VirtioInterrupt>,
-    /// The backend.
-    pub backend: B,
-    cid: u64,
-    pkt: VsockPacket,
-    broken: bool,
-    tx_stalled: bool,
-    /// Tell the driver its connections are gone (a restored VM).
-    reset_pending: bool,
-    /// How long host packets wait for the driver to handle it.
-    reset_ack_limit: Duration,
-    /// After the reset event: the event queue's avail index then, and
-    /// when. Host packets wait until the driver has handled the event
-    /// (it re-posts the buffer: the index moves), or it would reset the
-    /// connections made after the restore too.
-    reset_unacked: Option<(u16, Instant)>,
-}
-
-impl<B: VsockBackend> VsockCore<B> {
-    /// An active device over `queues` (rx, tx, event).
-    pub fn new(
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        interrupt: Arc<VirtioInterrupt>,
-        backend: B,
-        cid: u64,
-    ) -> Self {
-        VsockCore {
-            mem,
-            queues,
-            interrupt,
-            backend,
-            cid,
-            pkt: VsockPacket::new(),
-            broken: false,
-            tx_stalled: false,
-            reset_pending: false,
-            reset_ack_limit: RESET_ACK_LIMIT,
-            reset_unacked: None,
-        }
-    }
-
-    /// Send `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` before anything else: the
-    /// guest's connections were to a backend that no longer exists.
-    pub fn with_transport_reset(mut self) -> Self {
-        self.reset_pending = true;
-        self
-    }
-
-    /// `with_transport_reset`'s wait for the driver, other than
-    /// [`RESET_ACK_LIMIT`] (tests).
-    pub fn with_reset_ack_limit(mut self, limit: Duration) -> Self {
-        self.reset_ack_limit = limit;
-        self
-    }
-
-    /// Post a pending transport reset on the event queue. Returns whether
-    /// it was posted (false: none pending, or no event buffer yet).
-    pub fn announce_transport_reset(&mut self) -> bool {
-        if !self.reset_pending {
-            return false;
-        }
-        let Some(chain) = pop(&mut self.queues[EVQ], &self.mem, &mut self.broken) else {
-            crate::limited!(
-                warn,
-                "vsock transport reset pending but the driver posted no event buffer"
-            );
-            return false;
-        };
-        let head = chain.head_index();
-        let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
-        let written = packet::collect_descs(&self.mem, chain, true, MAX_CHAIN_DESCS)
-            .and_then(|descs| packet::write_bytes(&self.mem, &descs, &event));
-        let len = match written {
-            Ok(n) => n,
-            Err(e) => {
-                crate::limited!(warn, error = %e, "vsock event buffer unusable");
-                0
-            }
-        };
-        self.reset_pending = false;
-        let used = self.add_used(EVQ, head, len);
-        if used {
-            if let Ok(idx) = self.queues[EVQ].avail_idx(&self.mem, Ordering::Acquire) {
-                self.reset_unacked = Some((idx.0, Instant::now()));
-            }
-            self.interrupt.signal_used_queue();
-        }
-        used
-    }
-
-    /// Whether host packets may go to the guest: no transport reset is
-    /// waiting for the driver (or it waited [`RESET_ACK_LIMIT`]).
-    pub fn reset_handled(&mut self) -> bool {
-        let Some((idx, since)) = self.reset_unacked else {
-            return true;
-        };
-        let now = self.queues[EVQ].avail_idx(&self.mem, Ordering::Acquire);
-        if now.ok().map(|n| n.0) != Some(idx) {
-            self.reset_unacked = None;
-            return true;
-        }
-        if since.elapsed() >= self.reset_ack_limit {
-            crate::limited!(
-                warn,
-                "the vsock driver did not re-post its event buffer after the transport reset; going on"
-            );
-            self.reset_unacked = None;
-            return true;
-        }
-        false
-    }
-
-    /// How long the worker may sleep: the backend's timeout, shortened
-    /// while a transport reset waits for the driver.
-    pub fn poll_timeout(&self) -> Option<Duration> {
-        let backend = self.backend.poll_timeout();
-        match self.reset_unacked {
-            Some((_, since)) => {
-                let left = self.reset_ack_limit.saturating_sub(since.elapsed());
-                Some(backend.map_or(left, |b| b.min(left)))
-            }
-            None => backend,
-        }
-    }
-
-    /// The device stopped after a broken queue.
-    pub fn is_broken(&self) -> bool {
-        self.broken
-    }
-
-    /// The device asked the driver for a reset (DEVICE_NEEDS_RESET).
-    pub fn needs_reset(&self) -> bool {
-        self.interrupt.needs_reset()
-    }
-
-    /// The tx queue waits for the backend (rx progress or a drained socket).
-    pub fn is_tx_stalled(&self) -> bool {
-        self.tx_stalled
-    }
-
-    /// Give the backend back (device reset).
-    pub fn into_backend(self) -> B {
-        self.backend
-    }
-
-    fn mark_broken(&mut self, index: usize, why: &str) {
-        if !self.broken {
-            crate::limited!(
-                error,
-                queue = index,
-                why,
-                "vsock device broken; it stops processing"
-            );
-        }
-        self.broken = true;
-    }
-
-    fn add_used(&mut self, index: usize, head: u16, len: u32) -> bool {
-        match self.queues[index].add_used(&self.mem, head, len) {
-            Ok(()) => true,
-            Err(e) => {
-                crate::limited!(error, error = %e, "vsock used ring update failed");
-                self.mark_broken(index, "used ring");
-                false
-            }
-        }
-    }
-
-    /// Take guest packets off the tx queue. Returns whether any was used.
-    pub fn process_tx(&mut self) -> bool {
-        self.tx_stalled = false;
-        let mut used = false;
-        while let Some(chain) = pop(&mut self.queues[TXQ], &self.mem, &mut self.broken) {
-            let head = chain.head_index();
-            let checked = packet::collect_descs(&self.mem, chain, false, MAX_CHAIN_DESCS)
-                .and_then(|descs| packet::read_tx(&self.mem, &descs, &mut self.pkt))
-                .and_then(|()| self.pkt.hdr.check_from_guest(self.cid));
-            if let Err(e) = checked {
-                crate::limited!(warn, error = %e, "vsock tx packet dropped");
-                used |= self.add_used(TXQ, head, 0);
-                continue;
-            }
-            match self.backend.send_pkt(&self.pkt) {
-                Err(VsockError::Busy) => {
-                    self.queues[TXQ].go_to_previous_position();
-                    self.tx_stalled = true;
-                    break;
-                }
-                Err(e) => crate::limited!(warn, error = %e, "vsock backend refused a packet"),
-                Ok(()) => {}
-            }
-            used |= self.add_used(TXQ, head, 0);
-        }
-        used
-    }
-
-    /// Fill guest rx buffers with what the backend has. Returns whether any was used.
-    pub fn process_rx(&mut self) -> bool {
-        let mut used = false;
-        if !self.reset_handled() {
-            return false;
-        }
-        while self.backend.has_pending_rx() {
-            let Some(chain) = pop(&mut self.queues[RXQ], &self.mem, &mut self.broken) else {
-                break;
-            };
-            let head = chain.head_index();
-            let descs = packet::collect_descs(&self.mem, chain, true, MAX_CHAIN_DESCS)
-                .and_then(|d| packet::rx_capacity(&d).map(|cap| (d, cap)));
-            let (descs, cap) = match descs {
-                Ok(v) => v,
-                Err(e) => {
-                    crate::limited!(warn, error = %e, "vsock rx buffer unusable; returned empty");
-                    used |= self.add_used(RXQ, head, 0);
-                    continue;
-                }
-            };
-            self.pkt.set_rx_capacity(cap);
-            match self.backend.recv_pkt(&mut self.pkt) {
-                Ok(()) => {
-                    let len = match packet::write_rx(&self.mem, &descs, &self.pkt) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            crate::limited!(warn, error = %e, "vsock rx write failed");
-                            0
-                        }
-                    };
-                    used |= self.add_used(RXQ, head, len);
-                }
-                Err(_) => {
-                    self.queues[RXQ].go_to_previous_position();
-                    break;
-                }
-            }
-        }
-        used
-    }
-
-    /// Run both directions until neither makes progress; raise the
-    /// interrupt if a used ring changed.
-    pub fn process_all(&mut self) {
-        let mut used = false;
-        for _ in 0..4 {
-            let rx = self.process_rx();
-            let tx = self.process_tx();
-            used |= rx | tx;
-            if !tx && !self.backend.has_pending_rx() {
-                break;
-            }
-        }
-        used |= self.process_rx();
-        if used {
-            self.interrupt.signal_used_queue();
-        }
-        if self.broken {
-            self.interrupt.signal_needs_reset();
-        }
-    }
-
-    /// The backend's fd was readable (or a timeout passed).
-    pub fn backend_event(&mut self) {
-        self.backend.notify();
-        self.process_all();
-    }
-}
+use super::backend::{VsockBackend, VsockError};
+use super::config::{valid_guest_cid, QUEUE_SIZE};
+use super::event_handler::VsockCore;
+use super::persist::VsockState;
+use crate::devices::virtio::device_state::DeviceState;
+use crate::devices::virtio::device_thread::DeviceThread;
+use crate::devices::virtio::event_loop::QueueEvents;
+use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::seccomp::ThreadKind;
 
 /// The vsock device: guest CID in the configuration space, three queues.
 pub struct Vsock<B: VsockBackend> {
     cid: u64,
     queue_sizes: [u16; 3],
     backend: Option<B>,
-    worker: Option<WorkerHandle<B>>,
+    kicks: QueueEvents,
+    thread: Option<DeviceThread<VsockCore<B>>>,
     /// Set by `restoring`: the next activation announces a transport reset.
     reset_on_activate: bool,
 }
@@ -327,15 +33,20 @@ pub struct Vsock<B: VsockBackend> {
 impl<B: VsockBackend> Vsock<B> {
     /// A device for guest `cid` over `backend`.
     pub fn new(cid: u64, mut backend: B) -> Result<Self, VsockError> {
-        if cid < MIN_GUEST_CID || cid > u64::from(u32::MAX) {
+        if !valid_guest_cid(cid) {
             return Err(VsockError::BadCid(cid));
         }
+        let kicks = QueueEvents::new(3).map_err(|source| VsockError::Sys {
+            what: "queue eventfd",
+            source,
+        })?;
         backend.set_guest_cid(cid);
         Ok(Vsock {
             cid,
             queue_sizes: [QUEUE_SIZE; 3],
             backend: Some(backend),
-            worker: None,
+            kicks,
+            thread: None,
             reset_on_activate: false,
         })
     }
@@ -352,9 +63,10 @@ impl<B: VsockBackend> Vsock<B> {
     }
 
     fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            match w.stop() {
-                Some(mut backend) => {
+        if let Some(t) = self.thread.take() {
+            match t.stop() {
+                Some(core) => {
+                    let mut backend = core.into_backend();
                     backend.reset();
                     self.backend = Some(backend);
                 }
@@ -419,26 +131,26 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
             .backend
             .take()
             .ok_or_else(|| ActivateError::Backend("vsock backend lost".into()))?;
-        let mut core = VsockCore::new(mem, queues, interrupt, backend, self.cid);
+        let mut core = VsockCore::new(mem, queues, interrupt.clone(), backend, self.cid);
         if std::mem::take(&mut self.reset_on_activate) {
             core = core.with_transport_reset();
         }
-        match worker::spawn(core) {
-            Ok(w) => {
-                self.worker = Some(w);
+        match DeviceThread::spawn(
+            ThreadKind::Vsock,
+            core,
+            self.kicks.as_slice(),
+            interrupt,
+            true,
+        ) {
+            Ok(t) => {
+                self.thread = Some(t);
                 Ok(())
             }
             Err(failed) => {
                 let (e, core) = *failed;
                 self.backend = Some(core.into_backend());
-                Err(ActivateError::Backend(e.to_string()))
+                Err(ActivateError::Backend(format!("virtio-vsock: {e}")))
             }
-        }
-    }
-
-    fn queue_notify(&mut self, queue: u16) {
-        if let Some(w) = &self.worker {
-            w.kick(usize::from(queue));
         }
     }
 
@@ -448,6 +160,14 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
 
     fn quiesce(&mut self) {
         self.stop_worker();
+    }
+
+    fn device_state(&self) -> DeviceState {
+        DeviceState::Vsock(VsockState { cid: self.cid })
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        self.kicks.as_slice()
     }
 
     fn restoring(&mut self) {

@@ -2,10 +2,11 @@
 //! chains. Everything here treats guest memory as hostile: descriptor
 //! directions, addresses, lengths and chain shape are all checked.
 
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::MAX_PKT_DATA;
+use super::config::MAX_PKT_DATA;
+use crate::devices::virtio::checked_chain::{ChainError, CheckedChain};
 
 /// Size of the packed header.
 pub const HDR_SIZE: usize = 44;
@@ -202,35 +203,34 @@ impl VsockPacket {
     }
 }
 
-/// The descriptors of one chain, checked for direction, memory and shape.
-pub fn collect_descs<I: Iterator<Item = Descriptor>>(
-    mem: &GuestMemoryMmap,
-    chain: I,
+/// The buffers of one chain, walked once by `CheckedChain` (the one chain
+/// walker) and checked for direction: all device-writable for rx and
+/// event buffers, all device-readable for tx.
+pub fn collect_descs(
+    chain: DescriptorChain<&GuestMemoryMmap>,
     writable: bool,
     max: usize,
 ) -> Result<Vec<(GuestAddress, usize)>, PacketError> {
-    let mut out = Vec::new();
-    let mut truncated = true;
-    for desc in chain {
-        if out.len() >= max {
-            return Err(PacketError::ChainTooLong);
+    let c = CheckedChain::new(chain, max).map_err(|e| match e {
+        ChainError::OutsideMemory { .. } => PacketError::OutOfMemory,
+        ChainError::ReadableAfterWritable | ChainError::Direction(_) => PacketError::WrongDirection,
+        ChainError::Empty | ChainError::Truncated | ChainError::TooLong { .. } => {
+            PacketError::ChainTooLong
         }
-        if desc.is_write_only() != writable {
-            return Err(PacketError::WrongDirection);
-        }
-        let len = desc.len() as usize;
-        if !mem.check_range(desc.addr(), len) {
-            return Err(PacketError::OutOfMemory);
-        }
-        out.push((desc.addr(), len));
-        truncated = desc.has_next();
+        ChainError::Memory(_) => PacketError::OutOfMemory,
+    })?;
+    let (wanted, other) = if writable {
+        (c.writable, c.readable)
+    } else {
+        (c.readable, c.writable)
+    };
+    if !other.is_empty() {
+        return Err(PacketError::WrongDirection);
     }
-    // A chain whose last yielded descriptor still says NEXT was cut by the
-    // iterator's loop guard (or pointed outside the table).
-    if truncated {
-        return Err(PacketError::ChainTooLong);
-    }
-    Ok(out)
+    Ok(wanted
+        .into_iter()
+        .map(|s| (s.addr, s.len as usize))
+        .collect())
 }
 
 /// Copy `dst.len()` bytes starting `skip` bytes into the chain.

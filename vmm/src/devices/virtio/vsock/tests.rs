@@ -232,7 +232,7 @@ fn device_thread_processes_kicks_and_stops_on_reset() {
     dev.activate(t.mem.clone(), queues, interrupt).unwrap();
     let (hdr, data) = rw(b"threaded");
     t.add_tx_packet(0, A, &hdr, &data);
-    dev.queue_notify(TXQ as u16);
+    dev.queue_events()[TXQ].write(1).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while t.used(TXQ).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));

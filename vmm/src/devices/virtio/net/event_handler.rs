@@ -1,5 +1,6 @@
-//! The rx and tx paths of virtio-net, independent of threads and of the
-//! TAP (behind `FrameIo`), so they can be driven by `MockSplitQueue`.
+//! The rx and tx paths of virtio-net (`NetQueues`, independent of threads
+//! and of the TAP behind `FrameIo`, so `MockSplitQueue` drives them) and
+//! `NetHandler`, which serves them on the device thread.
 //!
 //! rx: one frame at a time is read from the backend into `frame` (after
 //! room for the header) and kept `pending` until the driver offers a
@@ -9,6 +10,7 @@
 //! refuses is dropped, like a full NIC queue.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -16,7 +18,9 @@ use vm_memory::GuestMemoryMmap;
 
 use super::tap::Tap;
 use crate::devices::virtio::checked_chain::{read_from, write_to, ChainError, CheckedChain};
+use crate::devices::virtio::event_loop::{Control, Event, EventHandler};
 use crate::devices::virtio::VirtioInterrupt;
+use vmm_sys_util::epoll::EventSet;
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 always has `num_buffers`).
 pub const NET_HDR_LEN: usize = 12;
@@ -81,11 +85,6 @@ pub struct NetQueues<B: FrameIo> {
 }
 
 impl<B: FrameIo> NetQueues<B> {
-    /// The device broke: report DEVICE_NEEDS_RESET to the driver.
-    pub fn signal_needs_reset(&self) {
-        self.interrupt.signal_needs_reset();
-    }
-
     /// Wrap the activated queues.
     pub fn new(
         io: B,
@@ -251,5 +250,64 @@ impl<B: FrameIo> NetQueues<B> {
             self.interrupt.signal_used_queue();
         }
         Ok(())
+    }
+}
+
+/// The backend token of the TAP.
+const TAP: u32 = 0;
+
+/// The device thread's side: rx on an rx kick or a readable TAP, tx on a
+/// tx kick; the TAP is not polled while a frame waits for an rx buffer
+/// (back-pressure).
+pub struct NetHandler {
+    q: NetQueues<Tap>,
+    tap_polled: bool,
+}
+
+impl NetHandler {
+    /// Serve `q`.
+    pub fn new(q: NetQueues<Tap>) -> Self {
+        NetHandler {
+            q,
+            tap_polled: false,
+        }
+    }
+
+    fn rx(&mut self, ctl: &mut Control<'_>) -> Result<(), NetQueueError> {
+        let poll = self.q.process_rx()?;
+        if poll != self.tap_polled {
+            let fd = self.q.io.as_raw_fd();
+            if poll {
+                ctl.watch(fd, EventSet::IN, TAP)
+            } else {
+                ctl.unwatch(fd)
+            }
+            .map_err(NetQueueError::Backend)?;
+            self.tap_polled = poll;
+        }
+        Ok(())
+    }
+}
+
+impl EventHandler for NetHandler {
+    type Error = NetQueueError;
+
+    fn name(&self) -> String {
+        format!("virtio-net on {}", self.q.io.name())
+    }
+
+    /// `NetQueues` interrupt the driver themselves as buffers are used.
+    fn handle(&mut self, event: Event, ctl: &mut Control<'_>) -> Result<bool, NetQueueError> {
+        match event {
+            Event::Started => {
+                ctl.watch(self.q.io.as_raw_fd(), EventSet::IN, TAP)
+                    .map_err(NetQueueError::Backend)?;
+                self.tap_polled = true;
+            }
+            Event::Queue(1) => self.q.process_tx()?,
+            Event::Queue(_) | Event::Backend(_) => self.rx(ctl)?,
+            Event::Timeout => {}
+        }
+        Ok(false)
     }
 }
