@@ -84,6 +84,11 @@ pub fn parse(index: usize, i: &Interface) -> Result<InterfaceConfig, NetworkErro
     }
     let cfg = InterfaceConfig {
         mac: i.mac.parse().map_err(invalid)?,
+        device_mac: if i.device_mac.is_empty() {
+            None
+        } else {
+            Some(i.device_mac.parse().map_err(invalid)?)
+        },
         mtu: i.mtu,
         addresses,
         routes,

@@ -19,12 +19,17 @@ struct Netns(String);
 
 impl Netns {
     fn new() -> Netns {
-        let ns = Netns(format!("cocoon-agent-net-{}", std::process::id()));
+        Netns::with_mac("", MAC)
+    }
+
+    /// `eth0` with `mac`; `tag` tells this test's namespace from others'.
+    fn with_mac(tag: &str, mac: &str) -> Netns {
+        let ns = Netns(format!("cocoon-agent-net{tag}-{}", std::process::id()));
         let _ = Command::new("ip").args(["netns", "del", &ns.0]).output();
         ns.ip(&["netns", "add", &ns.0], false);
         ns.ip(
             &[
-                "link", "add", "eth0", "address", MAC, "type", "veth", "peer", "name", "other0",
+                "link", "add", "eth0", "address", mac, "type", "veth", "peer", "name", "other0",
             ],
             true,
         );
@@ -141,4 +146,28 @@ async fn create_sandbox_configures_the_pod_interface() {
     }
     let v6 = ns.ip(&["-6", "route", "show"], true);
     assert!(v6.contains("default via fd00:99::1 dev eth0"), "{v6}");
+}
+
+/// A VM restored from a template: its NIC has the template's MAC; the
+/// request names it as `device_mac`, and the agent gives it the pod's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_sandbox_gives_a_restored_nic_the_pods_mac() {
+    const TEMPLATE_MAC: &str = "02:63:6f:63:6f:6e";
+    let ns = Netns::with_mac("-restored", TEMPLATE_MAC);
+    let a = Agent::start_in_netns(&ns.path()).await;
+    let mut bad = interface();
+    bad.device_mac = "01:00:5e:00:00:01".into();
+    let (code, msg) = code_of(create_sandbox(&a, vec![bad]).await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("01:00:5e:00:00:01"), "{msg}");
+    let mut i = interface();
+    i.device_mac = TEMPLATE_MAC.into();
+    create_sandbox(&a, vec![i]).await.expect("CreateSandbox");
+    let link = ns.ip(&["-o", "link", "show", "eth0"], true);
+    assert!(
+        link.contains(&format!("link/ether {MAC}")) && link.contains(",UP"),
+        "{link}"
+    );
+    let addrs = ns.ip(&["-o", "addr", "show", "dev", "eth0"], true);
+    assert!(addrs.contains("inet 10.99.0.7/24"), "{addrs}");
 }

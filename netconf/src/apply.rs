@@ -1,5 +1,6 @@
 //! Guest side: gives the interface with the pod's MAC the pod's MTU,
-//! addresses and routes, and brings it and loopback up.
+//! addresses and routes, and brings it and loopback up. A VM restored from
+//! a template finds its NIC by the template's MAC and gives it the pod's.
 
 use std::net::IpAddr;
 
@@ -13,7 +14,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::link::{links, set_up, Link};
+use crate::link::{links, set_address, set_up, Link};
 use crate::model::{ConfigError, InterfaceConfig, Route};
 use crate::netlink::{Netlink, NetlinkError};
 
@@ -43,7 +44,20 @@ fn family(ip: IpAddr) -> AddressFamily {
 /// the routes whose gateway they make reachable. Returns the interface.
 pub fn apply(nl: &mut Netlink, cfg: &InterfaceConfig) -> Result<Link, ApplyError> {
     cfg.validate()?;
-    let all = links(nl)?;
+    let mut all = links(nl)?;
+    // A restored VM's NIC has the template's MAC: it is given the pod's
+    // first (unless a previous call did).
+    if let Some(device_mac) = cfg.device_mac {
+        let has_pod_mac = all.iter().any(|l| l.mac == Some(cfg.mac));
+        let with_device_mac: Vec<&Link> =
+            all.iter().filter(|l| l.mac == Some(device_mac)).collect();
+        if !has_pod_mac {
+            if let [one] = with_device_mac.as_slice() {
+                set_address(nl, one, cfg.mac)?;
+                all = links(nl)?;
+            }
+        }
+    }
     let matching: Vec<&Link> = all.iter().filter(|l| l.mac == Some(cfg.mac)).collect();
     let link = match matching.as_slice() {
         [one] => (*one).clone(),

@@ -96,6 +96,18 @@ pub fn set_up(nl: &mut Netlink, link: &Link, mtu: Option<u32>) -> Result<(), Net
     nl.request(&what, RouteNetlinkMessage::SetLink(m), 0)
 }
 
+/// Gives interface `link` the hardware address `mac`.
+pub fn set_address(nl: &mut Netlink, link: &Link, mac: Mac) -> Result<(), NetlinkError> {
+    let mut m = LinkMessage::default();
+    m.header.index = link.index;
+    m.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+    nl.request(
+        &format!("setting the MAC of {} to {mac}", link.name),
+        RouteNetlinkMessage::SetLink(m),
+        0,
+    )
+}
+
 /// Deletes interface `index`.
 pub fn delete(nl: &mut Netlink, link: &Link) -> Result<(), NetlinkError> {
     let mut m = LinkMessage::default();

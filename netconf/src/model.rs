@@ -176,6 +176,10 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceConfig {
     pub mac: Mac,
+    /// The MAC the guest's NIC has now, when it is not `mac` (a VM
+    /// restored from a template keeps the template's): the interface with
+    /// this MAC is given `mac`.
+    pub device_mac: Option<Mac>,
     pub mtu: u32,
     pub addresses: Vec<Cidr>,
     pub routes: Vec<Route>,
@@ -204,6 +208,9 @@ impl InterfaceConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.mac.is_unicast() {
             return Err(ConfigError::BadMac(self.mac.to_string()));
+        }
+        if let Some(m) = self.device_mac.filter(|m| !m.is_unicast()) {
+            return Err(ConfigError::BadMac(m.to_string()));
         }
         let has_v6 = self.addresses.iter().any(|a| a.addr.is_ipv6());
         let min = if has_v6 { MIN_MTU_IPV6 } else { MIN_MTU };
@@ -274,6 +281,7 @@ mod tests {
     fn good() -> InterfaceConfig {
         InterfaceConfig {
             mac: "02:42:0a:63:00:02".parse().unwrap(),
+            device_mac: None,
             mtu: 1500,
             addresses: vec![cidr("10.99.0.2/24"), cidr("fd00:99::2/64")],
             routes: vec![

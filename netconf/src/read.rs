@@ -110,6 +110,7 @@ pub fn read_pod_interface(nl: &mut Netlink, ignore: &[&str]) -> Result<PodInterf
         mac: link
             .mac
             .ok_or_else(|| ReadError::NoMac(link.name.clone()))?,
+        device_mac: None,
         mtu: link.mtu,
         addresses: addresses(nl, link.index)?,
         routes: routes(nl, &link)?,

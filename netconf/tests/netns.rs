@@ -110,6 +110,7 @@ fn applied_configuration_reads_back_the_same() {
     let (pod, _peer) = pod_and_peer("02:42:0a:63:00:02");
     let cfg = InterfaceConfig {
         mac: "02:42:0a:63:00:02".parse().unwrap(),
+        device_mac: None,
         mtu: 1400,
         addresses: vec![cidr("10.99.0.2/24"), cidr("fd00:99::2/64")],
         routes: vec![
@@ -136,11 +137,50 @@ fn applied_configuration_reads_back_the_same() {
     assert!(lo.iter().any(|l| l.loopback && l.up), "{lo:?}");
 }
 
+/// A VM restored from a template: its NIC has the template's MAC, and is
+/// given the pod's before it is configured; a second call finds it by the
+/// pod's MAC.
+#[test]
+fn a_nic_with_the_template_mac_is_given_the_pods() {
+    let (pod, _peer) = pod_and_peer("02:63:6f:63:6f:6e");
+    let cfg = InterfaceConfig {
+        mac: "02:42:0a:63:00:07".parse().unwrap(),
+        device_mac: Some("02:63:6f:63:6f:6e".parse().unwrap()),
+        mtu: 1450,
+        addresses: vec![cidr("10.99.0.7/24")],
+        routes: vec![route("0.0.0.0/0", Some("10.99.0.1"), 0)],
+    };
+    for _ in 0..2 {
+        let c = cfg.clone();
+        let link = pod.with(move |nl| apply::apply(nl, &c)).unwrap();
+        assert_eq!(link.name, "eth0");
+        assert_eq!(link.mac, Some(cfg.mac));
+    }
+    let read = pod.with(|nl| read_pod_interface(nl, &[])).unwrap();
+    assert_eq!(read.link.mac, Some(cfg.mac));
+    assert!(read.link.up);
+    assert_eq!(read.config.mtu, 1450);
+    assert_eq!(read.config.addresses, cfg.addresses);
+    // Neither MAC anywhere: refused, naming the pod's MAC.
+    let other = InterfaceConfig {
+        mac: "02:42:0a:63:00:08".parse().unwrap(),
+        device_mac: Some("02:00:00:00:00:99".parse().unwrap()),
+        ..cfg
+    };
+    let e = pod.with(move |nl| apply::apply(nl, &other)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no interface has MAC 02:42:0a:63:00:08"),
+        "{e}"
+    );
+}
+
 #[test]
 fn apply_refuses_a_mac_nobody_has_and_bad_input() {
     let (pod, _peer) = pod_and_peer("02:42:0a:63:00:03");
     let mut cfg = InterfaceConfig {
         mac: "02:42:0a:63:00:09".parse().unwrap(),
+        device_mac: None,
         mtu: 1500,
         addresses: vec![cidr("10.99.0.3/24")],
         routes: vec![],
@@ -177,6 +217,7 @@ fn the_reader_takes_what_cni_made_and_names_what_it_cannot() {
         read.config,
         InterfaceConfig {
             mac: Mac([2, 0x42, 0x0a, 0x63, 0, 4]),
+            device_mac: None,
             mtu: 1450,
             // The kernel's own subnet route and the link-local IPv6
             // address are not the host's to pass on.
@@ -371,12 +412,23 @@ fn tc_redirect_moves_frames_both_ways_and_is_removed() {
     });
     assert_eq!(removed, (true, false, false));
     drop(tap_file);
-    let names: Vec<String> = pod.with(|nl| {
-        link::links(nl)
-            .unwrap()
-            .into_iter()
-            .map(|l| l.name)
-            .collect()
-    });
-    assert!(!names.iter().any(|n| n == "tap0_cocoon"), "{names:?}");
+    // The kernel unregisters the TAP after the close returns: wait for it.
+    let start = Instant::now();
+    loop {
+        let names: Vec<String> = pod.with(|nl| {
+            link::links(nl)
+                .unwrap()
+                .into_iter()
+                .map(|l| l.name)
+                .collect()
+        });
+        if !names.iter().any(|n| n == "tap0_cocoon") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the TAP outlived its last descriptor: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -94,6 +94,7 @@ macro_rules! poll {
 pub fn wire_interface(c: &cocoon_netconf::InterfaceConfig) -> Interface {
     let mut i = Interface::new();
     i.mac = c.mac.to_string();
+    i.device_mac = c.device_mac.map(|m| m.to_string()).unwrap_or_default();
     i.mtu = c.mtu;
     i.addresses = c.addresses.iter().map(|a| a.to_string()).collect();
     i.routes = c

@@ -199,6 +199,14 @@ fn crictl_pod_lifecycle() {
     let mapping = r#"{"protocol":0,"container_port":80,"host_port":18080}"#;
     let (pod, ctr) = run_pod("flow", mapping, script);
     let ip = pod_ip(&pod);
+    // A pod on a CNI network restores from a template with a NIC: the
+    // guest's interface got the pod's MAC (the traffic below needs it).
+    let log = cri().log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("the pod's VM starts from a template") && l.contains(&pod)),
+        "the pod's VM was not restored from a template:\n{log}"
+    );
 
     // Logs arrive whole, the partial line joined.
     let logs = eventually("the container's first log lines", STEP, || {

@@ -113,3 +113,24 @@ pub fn kill_from_pid_file(pid_file: &Path, expect: &str) {
     }
     let _ = std::fs::remove_file(pid_file);
 }
+
+/// Let the child of `cmd` inherit `fd` under its own number (the shim's
+/// copy is close-on-exec; the child's is made inheritable between fork and
+/// exec, with no dup2 that could land on another pre_exec's descriptor).
+/// Returns the number the child sees.
+pub fn inherit_fd(cmd: &mut Command, fd: std::sync::Arc<std::os::fd::OwnedFd>) -> i32 {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    // SAFETY: only fcntl(2) between fork and exec, on a descriptor the
+    // closure keeps open.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _ = &fd;
+            if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    raw
+}

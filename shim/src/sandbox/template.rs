@@ -32,6 +32,13 @@ const KEY_VERSION: &str = "cocoon-template/1";
 /// The template VM's kernel command line before `kernel_params`: freed
 /// pages are zeroed, so they are holes in the memory image.
 pub const TEMPLATE_CMDLINE: &str = "quiet init_on_free=1";
+/// The MAC of a template VM's NIC (locally administered, unicast). A pod
+/// restored from it has the same on its virtio-net device; the agent gives
+/// the guest's interface the pod's.
+pub const TEMPLATE_MAC: [u8; 6] = [0x02, 0x63, 0x6f, 0x63, 0x6f, 0x6e];
+/// A template's NIC offers no MTU: the guest sizes its receive buffers for
+/// standard frames, so a pod whose MTU is larger boots instead.
+pub const TEMPLATE_NIC_MAX_MTU: u32 = 1500;
 /// The snapshot inside a template directory.
 const SNAPSHOT: &str = "snapshot";
 /// Written last: a template directory without it is not one.
@@ -77,8 +84,8 @@ fn resolve(name: &Path) -> PathBuf {
         .unwrap_or_else(|| name.to_owned())
 }
 
-/// The template key of `cfg`'s VM shape.
-pub fn key(cfg: &Config) -> Result<String, TemplateError> {
+/// The template key of `cfg`'s VM shape, with or without a NIC.
+pub fn key(cfg: &Config, nic: bool) -> Result<String, TemplateError> {
     let mut h = Sha256::new();
     h.update(KEY_VERSION.as_bytes());
     for path in [&cfg.kernel, &cfg.initrd, &resolve(&cfg.vmm)] {
@@ -97,7 +104,7 @@ pub fn key(cfg: &Config) -> Result<String, TemplateError> {
         ));
     }
     h.update(format!(
-        "\nvcpus={}\nmemory_mib={}\ncmdline={} {}\n",
+        "\nvcpus={}\nmemory_mib={}\ncmdline={} {}\nnic={nic}\n",
         cfg.vcpus, cfg.memory_mib, TEMPLATE_CMDLINE, cfg.kernel_params
     ));
     let digest = h.finalize();
@@ -159,11 +166,15 @@ async fn lock(
     }
 }
 
-/// The snapshot to restore `cfg`'s pods from: the existing template, or
-/// one built now (its processes in `cgroup`, so a killed shim's pod
-/// clean-up takes them too).
-pub async fn ensure(cfg: &Config, cgroup: Option<&PodCgroup>) -> Result<PathBuf, TemplateError> {
-    let key = key(cfg)?;
+/// The snapshot to restore `cfg`'s pods (with a NIC when `nic`) from: the
+/// existing template, or one built now (its processes in `cgroup`, so a
+/// killed shim's pod clean-up takes them too).
+pub async fn ensure(
+    cfg: &Config,
+    cgroup: Option<&PodCgroup>,
+    nic: bool,
+) -> Result<PathBuf, TemplateError> {
+    let key = key(cfg, nic)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -182,7 +193,7 @@ pub async fn ensure(cfg: &Config, cgroup: Option<&PodCgroup>) -> Result<PathBuf,
     let build = cfg.template_dir.join(format!("{key}.build"));
     let _ = std::fs::remove_dir_all(&build);
     let _ = std::fs::remove_dir_all(&dir); // an incomplete one
-    let built = build_in(cfg, &build, cgroup).await;
+    let built = build_in(cfg, &build, cgroup, nic).await;
     if let Err(e) = built {
         let _ = std::fs::remove_dir_all(&build);
         return Err(e);
@@ -192,7 +203,7 @@ pub async fn ensure(cfg: &Config, cgroup: Option<&PodCgroup>) -> Result<PathBuf,
         let _ = std::fs::remove_dir(&p).or_else(|_| std::fs::remove_file(&p));
     }
     let meta = format!(
-        "{{\"key\":\"{key}\",\"kernel\":{:?},\"initrd\":{:?},\"vmm\":{:?},\"vcpus\":{},\"memory_mib\":{},\"kernel_params\":{:?},\"built_secs\":{:.3}}}\n",
+        "{{\"key\":\"{key}\",\"kernel\":{:?},\"initrd\":{:?},\"vmm\":{:?},\"vcpus\":{},\"memory_mib\":{},\"kernel_params\":{:?},\"nic\":{nic},\"built_secs\":{:.3}}}\n",
         cfg.kernel.display().to_string(),
         cfg.initrd.display().to_string(),
         resolve(&cfg.vmm).display().to_string(),
@@ -246,6 +257,7 @@ async fn build_in(
     cfg: &Config,
     build: &Path,
     cgroup: Option<&PodCgroup>,
+    nic: bool,
 ) -> Result<(), TemplateError> {
     let mkdir = |p: &Path| {
         std::fs::DirBuilder::new()
@@ -266,7 +278,7 @@ async fn build_in(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let fsd = spawn("virtiofsd", fsd, &build.join("virtiofsd.pid"), cgroup)?;
-    let result = boot_and_save(cfg, build, &fs_sock, &fsd, cgroup).await;
+    let result = boot_and_save(cfg, build, &fs_sock, &fsd, cgroup, nic).await;
     fsd.stop(Duration::from_secs(3)).await;
     result
 }
@@ -277,6 +289,7 @@ async fn boot_and_save(
     fs_sock: &Path,
     fsd: &Supervised,
     cgroup: Option<&PodCgroup>,
+    nic: bool,
 ) -> Result<(), TemplateError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !fs_sock.exists() {
@@ -327,6 +340,21 @@ async fn boot_and_save(
         .arg(build.join(SNAPSHOT))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    if nic {
+        // The template's NIC: a TAP nobody else sees (it goes with the
+        // last descriptor, the VMM's). No MTU offered (see
+        // TEMPLATE_NIC_MAX_MTU); the guest's interface stays down.
+        let tap = tokio::task::spawn_blocking(private_tap)
+            .await
+            .map_err(|e| TemplateError::Build(format!("creating the template's TAP: {e}")))??;
+        let raw = super::process::inherit_fd(&mut vmm, std::sync::Arc::new(tap));
+        let spec = cocoon_vmm::devices::virtio::net::NetConfig {
+            tap: cocoon_vmm::devices::virtio::net::TapSource::Fd(raw),
+            mac: Some(cocoon_vmm::devices::virtio::net::MacAddr(TEMPLATE_MAC)),
+            mtu: None,
+        };
+        vmm.arg("--net").arg(spec.to_string());
+    }
     let vmm = spawn("cocoon-vmm", vmm, &build.join("vmm.pid"), cgroup)?;
     let control = Address::HybridVsock {
         path: vsock,
@@ -337,6 +365,25 @@ async fn boot_and_save(
         vmm.stop(Duration::from_secs(1)).await;
     }
     result
+}
+
+/// A TAP in a network namespace of its own, made on a thread that leaves
+/// the shim's (`unshare` affects the calling thread only); the namespace
+/// lives as long as the TAP's descriptor.
+fn private_tap() -> Result<std::os::fd::OwnedFd, TemplateError> {
+    std::thread::spawn(|| {
+        // SAFETY: unshare(2) with CLONE_NEWNET changes only this thread's
+        // network namespace; the thread ends after making the TAP.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(io("entering a network namespace for the template's TAP")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        cocoon_netconf::tap::create("tap0_template")
+            .map_err(|e| TemplateError::Build(format!("creating the template's TAP: {e}")))
+    })
+    .join()
+    .map_err(|_| TemplateError::Build("the TAP thread panicked".into()))?
 }
 
 fn log_tail(build: &Path) -> String {
@@ -416,28 +463,33 @@ mod tests {
     fn the_key_changes_with_every_input_and_only_then() {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = cfg_with_files(tmp.path());
-        let k = key(&cfg).unwrap();
+        let k = key(&cfg, false).unwrap();
         assert_eq!(k.len(), 32);
-        assert_eq!(key(&cfg).unwrap(), k, "stable");
+        assert_eq!(key(&cfg, false).unwrap(), k, "stable");
+        assert_ne!(key(&cfg, true).unwrap(), k, "a NIC makes another template");
         let mut other = cfg.clone();
         other.memory_mib += 1;
-        assert_ne!(key(&other).unwrap(), k);
+        assert_ne!(key(&other, false).unwrap(), k);
         let mut other = cfg.clone();
         other.vcpus += 1;
-        assert_ne!(key(&other).unwrap(), k);
+        assert_ne!(key(&other, false).unwrap(), k);
         let mut other = cfg.clone();
         other.kernel_params = "nokaslr".into();
-        assert_ne!(key(&other).unwrap(), k);
+        assert_ne!(key(&other, false).unwrap(), k);
         // Unrelated settings do not matter.
         let mut other = cfg.clone();
         other.agent_call_timeout_secs += 1;
-        assert_eq!(key(&other).unwrap(), k);
+        assert_eq!(key(&other, false).unwrap(), k);
         // Another kernel (same path, new contents): a new template.
         std::thread::sleep(Duration::from_millis(10));
         std::fs::write(&cfg.kernel, "another kernel").unwrap();
-        assert_ne!(key(&cfg).unwrap(), k, "a rebuilt kernel keeps its template");
+        assert_ne!(
+            key(&cfg, false).unwrap(),
+            k,
+            "a rebuilt kernel keeps its template"
+        );
         std::fs::remove_file(&cfg.initrd).unwrap();
-        let err = key(&cfg).unwrap_err();
+        let err = key(&cfg, false).unwrap_err();
         assert!(err.to_string().contains("initrd"), "{err}");
     }
 

@@ -237,36 +237,26 @@ impl VmBackend {
             // everything else goes to the bounded --log-file.
             .stderr(stderr.stderr);
         if let Some(nic) = &self.nic {
-            use std::os::fd::AsRawFd;
-            // The TAP's own descriptor number, inherited: the shim's copy
-            // is close-on-exec, the child's is made inheritable between
-            // fork and exec (no dup2: it could land on another pre_exec's
-            // descriptor).
             let fd =
                 std::sync::Arc::new(nic.tap.try_clone().map_err(|source| SandboxError::Io {
                     what: "duplicating the TAP descriptor".into(),
                     source,
                 })?);
-            let raw = fd.as_raw_fd();
+            let raw = super::process::inherit_fd(&mut cmd, fd);
+            // A restored VM's NIC is the template's (its MAC, no MTU
+            // feature: the agent gives it the pod's MAC and MTU); a booted
+            // one gets the pod's MAC and its MTU, validated to fit (at most
+            // 65535): the guest sizes its receive buffers by it.
+            let (mac, mtu) = match self.restore_from {
+                Some(_) => (super::template::TEMPLATE_MAC, None),
+                None => (nic.config.mac.0, u16::try_from(nic.config.mtu).ok()),
+            };
             let spec = cocoon_vmm::devices::virtio::net::NetConfig {
                 tap: cocoon_vmm::devices::virtio::net::TapSource::Fd(raw),
-                mac: Some(cocoon_vmm::devices::virtio::net::MacAddr(nic.config.mac.0)),
-                // Validated to fit (at most 65535): the guest sizes its
-                // receive buffers by it.
-                mtu: u16::try_from(nic.config.mtu).ok(),
+                mac: Some(cocoon_vmm::devices::virtio::net::MacAddr(mac)),
+                mtu,
             };
             cmd.arg("--net").arg(spec.to_string());
-            // SAFETY: only fcntl(2) between fork and exec, on a descriptor
-            // the closure keeps open.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let _ = &fd;
-                    if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
         }
         if let Some(snapshot) = &self.restore_from {
             cmd.arg("--restore")
@@ -308,10 +298,16 @@ impl VmBackend {
                 })??;
             self.nic = Some(nic);
         }
-        // A pod with a NIC boots: a template has no NIC (the guest would
-        // keep the template's MAC).
-        if self.cfg.template && self.nic.is_none() && !self.boot_only {
-            match super::template::ensure(&self.cfg, self.cgroup.as_ref()).await {
+        // A pod with a NIC restores from a template with one (the agent
+        // gives it the pod's MAC and MTU), unless its MTU is above what
+        // the template's receive buffers hold: that pod boots.
+        let nic_fits = self
+            .nic
+            .as_ref()
+            .is_none_or(|n| n.config.mtu <= super::template::TEMPLATE_NIC_MAX_MTU);
+        if self.cfg.template && nic_fits && !self.boot_only {
+            let with_nic = self.nic.is_some();
+            match super::template::ensure(&self.cfg, self.cgroup.as_ref(), with_nic).await {
                 Ok(snapshot) => {
                     tracing::info!(
                         pod = %self.pod.root().display(),
@@ -331,7 +327,14 @@ impl VmBackend {
         let vmm = Supervised::spawn("cocoon-vmm", cmd, &self.pod.pid_file("vmm"))?;
         // The VMM has its copy: with the shim's closed, the TAP lives as
         // long as the VMM.
-        let config = self.nic.take().map(|n| n.config);
+        let restored = self.restore_from.is_some();
+        let config = self.nic.take().map(|n| {
+            let mut c = n.config;
+            if restored {
+                c.device_mac = Some(cocoon_netconf::Mac(super::template::TEMPLATE_MAC));
+            }
+            c
+        });
         let mut exited = vmm.exited();
         let dead_tx = self.dead_tx.clone();
         let (stopping, stderr, pod, pid) = (
