@@ -92,6 +92,18 @@ pub fn describe_vmm_death(pid: u32, status: &str, stderr: &str) -> String {
     }
 }
 
+/// Whether the VMM's end, `status` (`ExitStatus`'s text), is one the shim
+/// did not cause and must report: any end while the pod runs; while it
+/// stops, any signal but the SIGTERM and SIGKILL the shim sends (a VMM
+/// killed by its seccomp filter as the pod's teardown begins is still a
+/// VMM killed by its seccomp filter).
+pub fn death_is_news(stopping: bool, status: &str) -> bool {
+    if !stopping {
+        return true;
+    }
+    status.contains("signal") && !status.contains("SIGTERM") && !status.contains("SIGKILL")
+}
+
 impl VmBackend {
     pub fn new(cfg: Config, pod: PodDir) -> Self {
         VmBackend {
@@ -345,8 +357,8 @@ impl VmBackend {
         );
         tokio::spawn(async move {
             let _ = exited.wait_for(|s| s.is_some()).await;
-            if !stopping.load(Ordering::SeqCst) {
-                let status = exited.borrow().clone().unwrap_or_default();
+            let status = exited.borrow().clone().unwrap_or_default();
+            if death_is_news(stopping.load(Ordering::SeqCst), &status) {
                 // What the VMM and its monitor wrote as they died (the
                 // seccomp handler's line) is in the file once the pipe is
                 // drained; bounded, should a descendant keep it open.
@@ -548,7 +560,25 @@ impl Backend for VmBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::describe_vmm_death;
+    use super::{death_is_news, describe_vmm_death};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn a_death_the_shim_did_not_cause_is_reported_even_while_stopping() {
+        // The texts the supervisor hands over are ExitStatus's own.
+        let text = |raw| ExitStatus::from_raw(raw).to_string();
+        let (sigsys, sigterm, sigkill) = (text(31), text(15), text(9));
+        let (core, clean) = (text(31 | 0x80), text(0));
+        for status in [&sigsys, &sigterm, &sigkill, &core, &clean] {
+            assert!(death_is_news(false, status), "{status}");
+        }
+        assert!(death_is_news(true, &sigsys), "{sigsys}");
+        assert!(death_is_news(true, &core), "{core}");
+        for status in [&sigterm, &sigkill, &clean] {
+            assert!(!death_is_news(true, status), "{status}");
+        }
+    }
 
     #[test]
     fn a_sigsys_death_names_the_call() {

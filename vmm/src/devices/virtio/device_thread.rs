@@ -10,7 +10,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::event_loop::{EventHandler, LoopParts};
-use super::VirtioInterrupt;
+use super::{ActivateError, VirtioInterrupt};
 use crate::seccomp::ThreadKind;
 use crate::threads::{self, ThreadError, Worker};
 
@@ -90,6 +90,21 @@ impl<H: EventHandler> DeviceThread<H> {
         })
     }
 
+    /// [`DeviceThread::spawn`] for a device that keeps nothing of a
+    /// handler that did not start: the failure is the activation's error,
+    /// named after the handler.
+    pub fn start(
+        kind: ThreadKind,
+        handler: H,
+        kicks: &[EventFd],
+        interrupt: Arc<VirtioInterrupt>,
+        watch_queues: bool,
+    ) -> Result<Self, ActivateError> {
+        let device = handler.name();
+        Self::spawn(kind, handler, kicks, interrupt, watch_queues)
+            .map_err(|failed| ActivateError::Backend(format!("{device}: {}", failed.0)))
+    }
+
     /// Stop the thread and wait for it; the handler comes back (`None` if
     /// it panicked).
     pub fn stop(mut self) -> Option<H> {
@@ -113,5 +128,65 @@ impl<H> Drop for DeviceThread<H> {
                 let _ = worker.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::devices::virtio::event_loop::{Control, Event, QueueEvents};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    /// Serves queue 0; panics on queue 1, as a handler bug would.
+    struct Buggy;
+
+    impl EventHandler for Buggy {
+        type Error = Never;
+        fn name(&self) -> String {
+            "buggy".into()
+        }
+        fn handle(&mut self, event: Event, _: &mut Control<'_>) -> Result<bool, Never> {
+            match event {
+                Event::Queue(1) => panic!("a handler bug"),
+                Event::Queue(_) => Ok(true),
+                _ => Ok(false),
+            }
+        }
+    }
+
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_handler_that_panics_raises_needs_reset_and_the_thread_ends() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().unwrap()));
+        let kicks = QueueEvents::new(2).unwrap();
+        let t = DeviceThread::start(
+            ThreadKind::Rng,
+            Buggy,
+            kicks.as_slice(),
+            interrupt.clone(),
+            true,
+        )
+        .unwrap();
+        kicks.as_slice()[0].write(1).unwrap();
+        wait_for("queue 0 served", || irq.read().is_ok());
+        assert!(!interrupt.needs_reset());
+        kicks.as_slice()[1].write(1).unwrap();
+        wait_for("DEVICE_NEEDS_RESET after the panic", || {
+            interrupt.needs_reset()
+        });
+        assert!(t.stop().is_none(), "a panicked handler does not come back");
     }
 }

@@ -117,14 +117,13 @@ impl VirtioDevice for Block {
                 })?;
         self.stop_thread();
         let handler = self.handler(mem, queue);
-        let thread = DeviceThread::spawn(
+        let thread = DeviceThread::start(
             ThreadKind::Block,
             handler,
             self.kicks.as_slice(),
             interrupt,
             true,
-        )
-        .map_err(|failed| ActivateError::Backend(format!("virtio-blk: {}", failed.0)))?;
+        )?;
         self.thread = Some(thread);
         Ok(())
     }

@@ -169,14 +169,13 @@ impl VirtioDevice for Fs {
             mem,
             health: self.health.clone(),
         };
-        let worker = DeviceThread::spawn(
+        let worker = DeviceThread::start(
             ThreadKind::FsWorker,
             handler,
             self.kicks.as_slice(),
             interrupt,
             watch_queues,
-        )
-        .map_err(|failed| ActivateError::Backend(format!("virtio-fs: {}", failed.0)))?;
+        )?;
         self.worker = Some(worker);
         Ok(())
     }

@@ -136,14 +136,13 @@ impl VirtioDevice for Net {
             .try_clone()
             .map_err(|e| ActivateError::Backend(format!("virtio-net: {e}")))?;
         let handler = NetHandler::new(NetQueues::new(tap, mem, rxq, txq, interrupt.clone()));
-        let thread = DeviceThread::spawn(
+        let thread = DeviceThread::start(
             ThreadKind::Net,
             handler,
             self.kicks.as_slice(),
             interrupt,
             true,
-        )
-        .map_err(|failed| ActivateError::Backend(format!("virtio-net: {}", failed.0)))?;
+        )?;
         self.thread = Some(thread);
         Ok(())
     }

@@ -76,14 +76,13 @@ impl VirtioDevice for Rng {
                 })?;
         self.stop_thread();
         let handler = RngHandler::new(mem, queue);
-        let thread = DeviceThread::spawn(
+        let thread = DeviceThread::start(
             ThreadKind::Rng,
             handler,
             self.kicks.as_slice(),
             interrupt,
             true,
-        )
-        .map_err(|failed| ActivateError::Backend(format!("virtio-rng: {}", failed.0)))?;
+        )?;
         self.thread = Some(thread);
         Ok(())
     }
