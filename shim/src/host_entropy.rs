@@ -6,23 +6,11 @@
 pub const SANDBOX_ENTROPY_BYTES: usize = 64;
 
 /// `len` bytes from the host's `getrandom(2)` (the CRNG; blocks only until
-/// the host's pool is first seeded). Short reads and EINTR are retried.
+/// the host's pool is first seeded): the VMM's virtio-rng source, short
+/// reads and EINTR retried there.
 pub fn host_entropy(len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        let rest = &mut buf[done..];
-        // SAFETY: the pointer and length describe the writable slice `rest`.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        done += n as usize;
-    }
+    cocoon_vmm::devices::virtio::rng::fill_random(&mut buf).map_err(|e| e.0)?;
     Ok(buf)
 }
 

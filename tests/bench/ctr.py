@@ -201,6 +201,22 @@ def phases(log_lines, cid, t0, t_end):
     return out
 
 
+STEPS = ("prepare_ms", "virtiofsd_ms", "vmm_to_agent_ms", "failed_attempts")
+
+
+def start_steps(log_lines, cid):
+    """The shim's split of one pod's VM start ("the pod's agent answers"
+    line: cgroup/jail/template, virtiofsd, VMM spawn to the agent's
+    answer, connections that got no answer), or None."""
+    key = re.compile(rf'\bpod="?[^"\s]*/{re.escape(cid)}"?(?:\s|$)')
+    for line in log_lines:
+        if "the pod's agent answers" in line and key.search(line):
+            fields = dict(re.findall(r"\b(\w+)=(\d+)\b", line))
+            if all(k in fields for k in STEPS):
+                return {k: int(fields[k]) for k in STEPS}
+    return None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vmm", required=True)
@@ -317,6 +333,12 @@ def main():
         else:
             print(f"\n(no phase split for {variant}: the shim's log lines were not found in "
                   "containerd's log)")
+        steps = [s for s in (start_steps(log_lines, cid)
+                             for n, cid, _, _ in walls if n == variant) if s]
+        if steps:
+            print()
+            print(f"Of {variant}'s VM start (median of {len(steps)} runs, ms): " + ", ".join(
+                f"{k} {statistics.median(s[k] for s in steps):.0f}" for k in steps[0]))
     print()
     print("Pod PSS by process (MiB per pod): " + "; ".join(
         f"{n}, {k} pod{'s' if k > 1 else ''}: "

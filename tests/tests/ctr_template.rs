@@ -135,10 +135,11 @@ fn a_corrupt_template_is_rebuilt_or_booted_around_and_another_kernel_gets_its_ow
     let meta = std::fs::read_to_string(other.join("meta.json")).unwrap();
     assert!(meta.contains("vmlinux-copy"), "{meta}");
 
-    // One changed byte in the memory image (its state file intact): the
-    // VMM refuses the image by its digest, the template goes and the pod
-    // boots.
-    flip_first_data_byte(&other.join("snapshot/memory"));
+    // One changed byte in every page of the memory image (its state file
+    // intact): the first page the restored guest touches fails its digest,
+    // the VMM ends before the agent answers, the template goes and the
+    // pod boots.
+    flip_a_byte_of_every_data_page(&other.join("snapshot/memory"));
     let (rc, out, err) = pods.run("tplc-d", &[], &["echo", "booted instead"]);
     assert_eq!(
         rc,
@@ -165,8 +166,10 @@ fn a_corrupt_template_is_rebuilt_or_booted_around_and_another_kernel_gets_its_ow
     pods.assert_clean();
 }
 
-/// XOR one byte of the first data page of the sparse file at `path`.
-fn flip_first_data_byte(path: &Path) {
+/// XOR one byte of every data page of the sparse file at `path` (a page
+/// is checked only when a guest touches it: every page, so that the first
+/// one it touches fails).
+fn flip_a_byte_of_every_data_page(path: &Path) {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
@@ -174,11 +177,25 @@ fn flip_first_data_byte(path: &Path) {
         .write(true)
         .open(path)
         .unwrap();
-    // SAFETY: lseek on a descriptor we own; no memory is passed.
-    let data = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) };
-    assert!(data >= 0, "{} has no data", path.display());
-    let at = data as u64 + 100;
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+    let size = f.metadata().unwrap().len();
+    let (mut pos, mut flipped) = (0i64, 0u64);
+    loop {
+        // SAFETY: lseek on a descriptor we own; no memory is passed.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { size } else { hole as u64 };
+        for page in (data as u64 / 4096)..end.div_ceil(4096) {
+            let at = page * 4096 + 100;
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+            flipped += 1;
+        }
+        pos = end as i64;
+    }
+    assert!(flipped > 0, "{} has no data", path.display());
 }

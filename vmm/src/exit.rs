@@ -17,6 +17,10 @@ pub const EXIT_TRIPLE_FAULT: i32 = 3;
 pub const EXIT_KVM_ERROR: i32 = 4;
 /// Exit code: the run timed out (library callers only).
 pub const EXIT_TIMEOUT: i32 = 5;
+/// Exit code: a restored VM's memory could not be loaded from its
+/// snapshot (a corrupt or unreadable page of the memory image): the
+/// snapshot is unusable.
+pub const EXIT_SNAPSHOT_MEMORY: i32 = 6;
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +79,8 @@ impl ExitReason {
             ExitReason::TripleFault => EXIT_TRIPLE_FAULT,
             ExitReason::InternalError { .. }
             | ExitReason::FailEntry { .. }
-            | ExitReason::VcpuError { .. }
-            | ExitReason::GuestMemory { .. } => EXIT_KVM_ERROR,
+            | ExitReason::VcpuError { .. } => EXIT_KVM_ERROR,
+            ExitReason::GuestMemory { .. } => EXIT_SNAPSHOT_MEMORY,
             ExitReason::TimedOut => EXIT_TIMEOUT,
         }
     }
@@ -229,6 +233,10 @@ mod tests {
         assert_eq!(ExitReason::GuestPanic.exit_code(), 2);
         assert_eq!(ExitReason::TripleFault.exit_code(), 3);
         assert_eq!(ExitReason::FailEntry { vcpu: 0, reason: 1 }.exit_code(), 4);
+        let memory = ExitReason::GuestMemory {
+            detail: "corrupt".into(),
+        };
+        assert_eq!(memory.exit_code(), EXIT_SNAPSHOT_MEMORY);
         assert_eq!(ExitReason::GuestPanic.describe(), "guest kernel panicked");
     }
 }

@@ -19,7 +19,8 @@ use cocoon_vmm::devices::virtio::net::{Net, NetConfig, TapSource};
 use cocoon_vmm::devices::virtio::rng::Rng;
 use cocoon_vmm::devices::virtio::VirtioDevice;
 use cocoon_vmm::exit::{
-    EXIT_GUEST_PANIC, EXIT_KVM_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TRIPLE_FAULT,
+    EXIT_GUEST_PANIC, EXIT_KVM_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_SNAPSHOT_MEMORY,
+    EXIT_TRIPLE_FAULT,
 };
 use cocoon_vmm::jail::{self, JailConfig};
 use cocoon_vmm::seccomp::{self, SeccompMode};
@@ -35,6 +36,8 @@ Exit codes:
   2  the guest kernel panicked (\"Kernel panic - not syncing\" on the console)
   3  the guest triple-faulted (KVM_EXIT_SHUTDOWN)
   4  KVM failed: internal error, failed VM entry, or an unexpected exit
+  6  a restored VM's memory could not be loaded: a page of the snapshot's
+     memory image is corrupt or unreadable (the snapshot is unusable)
 
 On a host whose /dev/kvm is PVM (no VT-x/AMD-V) a Linux guest is refused;
 run it inside the nested test host: tests/testhost/run.sh -- cocoon-vmm ...";
@@ -548,7 +551,8 @@ fn main() {
         EXIT_SETUP_ERROR,
         EXIT_GUEST_PANIC,
         EXIT_TRIPLE_FAULT,
-        EXIT_KVM_ERROR
+        EXIT_KVM_ERROR,
+        EXIT_SNAPSHOT_MEMORY
     ]
     .contains(&code));
     std::process::exit(code);

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::devices::virtio::mmio::persist::MmioTransportState;
+use crate::vstate::memory_image::ImageIndex;
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm_state::VmState;
 
@@ -27,7 +28,7 @@ pub const MEMORY_FILE: &str = "memory";
 /// The first bytes of a state file.
 pub const MAGIC: [u8; 8] = *b"COCOONVM";
 /// Bumped whenever [`VmSnapshot`] or anything in it changes shape.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// A state file is a few hundred KiB at most; refuse to read more.
 const MAX_BODY: u64 = 64 << 20;
 const HEADER: usize = 8 + 4 + 8;
@@ -135,9 +136,9 @@ pub struct VmSnapshot {
     pub vcpu_count: u8,
     /// Guest RAM in bytes.
     pub memory_bytes: u64,
-    /// The digest of the memory image's data pages
+    /// The memory image's data pages and their digests
     /// ([`crate::vstate::memory_image`]).
-    pub memory_digest: u64,
+    pub memory_index: ImageIndex,
     /// VM-wide KVM state.
     pub vm: VmState,
     /// Per-vCPU KVM state, by index.
@@ -238,7 +239,7 @@ mod tests {
             vmm_version: "test".into(),
             vcpu_count: 1,
             memory_bytes: 1 << 20,
-            memory_digest: 7,
+            memory_index: ImageIndex::default(),
             vm: VmState {
                 irqchip: None,
                 clock: kvm_bindings::kvm_clock_data {

@@ -225,12 +225,12 @@ impl LoadedSnapshot {
         }
         let image = dir.join(snapshot::MEMORY_FILE);
         let eager = |image: &Path| {
-            memory_image::load(image, memory_bytes, snapshot.memory_digest).map(|ram| (ram, None))
+            memory_image::load(image, memory_bytes, &snapshot.memory_index).map(|ram| (ram, None))
         };
         let (ram, pages) = match mode {
             RestoreMemory::Eager => eager(&image)?,
             RestoreMemory::Lazy => {
-                match lazy_ram::load(&image, memory_bytes, snapshot.memory_digest) {
+                match lazy_ram::load(&image, memory_bytes, snapshot.memory_index.clone()) {
                     Ok((ram, pages)) => (ram, Some(pages)),
                     Err(LazyRamError::Uffd(e)) => {
                         // Before the logger exists: stderr.
@@ -913,7 +913,7 @@ impl RunningVm {
             vmm_version: env!("CARGO_PKG_VERSION").to_string(),
             vcpu_count: self.vcpu_count as u8,
             memory_bytes: self.vmm.ram.size,
-            memory_digest: stats.digest,
+            memory_index: stats.index.clone(),
             vm,
             vcpus,
             serial,

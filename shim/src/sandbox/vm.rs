@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cocoon_agent_protocol::address::{connect_agent, Address};
 use cocoon_agent_protocol::{DEFAULT_CONTROL_PORT, DEFAULT_STREAM_PORT};
+use cocoon_vmm::exit::EXIT_SNAPSHOT_MEMORY;
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -65,6 +66,21 @@ pub struct VmBackend {
     /// Set before the shim itself stops the VMM: a later exit is expected.
     stopping: Arc<AtomicBool>,
     dead_tx: watch::Sender<bool>,
+    /// Where the VM's start spent its time (logged once the agent answers).
+    timing: StartTiming,
+}
+
+/// The steps of a VM's start, for its log line.
+#[derive(Debug, Default)]
+struct StartTiming {
+    /// Cgroup, jail, network and the template (built or found).
+    prepare: Duration,
+    /// virtiofsd's start until its socket exists.
+    virtiofsd: Duration,
+    /// When the VMM was spawned.
+    vmm_spawned: Option<std::time::Instant>,
+    /// Connections to the agent that did not answer a Check.
+    failed_attempts: u32,
 }
 
 /// Why a VMM that nobody stopped is gone: its status, and for `SIGSYS` the
@@ -104,6 +120,12 @@ pub fn death_is_news(stopping: bool, status: &str) -> bool {
     status.contains("signal") && !status.contains("SIGTERM") && !status.contains("SIGKILL")
 }
 
+/// The code of an `ExitStatus` text ("exit status: N"); `None` for a
+/// death by a signal.
+fn exit_code(status: &str) -> Option<i32> {
+    status.strip_prefix("exit status: ")?.trim().parse().ok()
+}
+
 impl VmBackend {
     pub fn new(cfg: Config, pod: PodDir) -> Self {
         VmBackend {
@@ -122,6 +144,7 @@ impl VmBackend {
             boot_only: false,
             stopping: Arc::new(AtomicBool::new(false)),
             dead_tx: watch::channel(false).0,
+            timing: StartTiming::default(),
         }
     }
 
@@ -289,6 +312,7 @@ impl VmBackend {
     }
 
     async fn start_processes(&mut self) -> Result<(), SandboxError> {
+        let began = std::time::Instant::now();
         self.create_cgroup()?;
         if self.cfg.vmm_jail {
             let uid = vmm_jail::allocate(
@@ -334,8 +358,12 @@ impl VmBackend {
                 ),
             }
         }
+        let virtiofsd = std::time::Instant::now();
+        self.timing.prepare = began.elapsed();
         self.start_virtiofsd().await?;
+        self.timing.virtiofsd = virtiofsd.elapsed();
         let (cmd, drained) = self.vmm_command()?;
+        self.timing.vmm_spawned = Some(std::time::Instant::now());
         let vmm = Supervised::spawn("cocoon-vmm", cmd, &self.pod.pid_file("vmm"))?;
         // The VMM has its copy: with the shim's closed, the TAP lives as
         // long as the VMM.
@@ -349,6 +377,7 @@ impl VmBackend {
         });
         let mut exited = vmm.exited();
         let dead_tx = self.dead_tx.clone();
+        let template = self.restore_from.clone();
         let (stopping, stderr, pod, pid) = (
             self.stopping.clone(),
             self.pod.vmm_stderr(),
@@ -358,6 +387,13 @@ impl VmBackend {
         tokio::spawn(async move {
             let _ = exited.wait_for(|s| s.is_some()).await;
             let status = exited.borrow().clone().unwrap_or_default();
+            if let Some(snapshot) =
+                template.filter(|_| exit_code(&status) == Some(EXIT_SNAPSHOT_MEMORY))
+            {
+                // A page of the template's memory image failed its check
+                // as the guest touched it: no later pod may use it.
+                super::template::discard(&snapshot);
+            }
             if death_is_news(stopping.load(Ordering::SeqCst), &status) {
                 // What the VMM and its monitor wrote as they died (the
                 // seccomp handler's line) is in the file once the pipe is
@@ -386,7 +422,7 @@ impl VmBackend {
     }
 
     /// Retries `CONNECT 1024` until the agent answers a Check.
-    async fn wait_for_agent(&self, control: &Address) -> Result<(), SandboxError> {
+    async fn wait_for_agent(&mut self, control: &Address) -> Result<(), SandboxError> {
         let secs = self.cfg.agent_timeout_secs;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         let vmm = self.vmm.as_ref().expect("vmm started");
@@ -415,6 +451,8 @@ impl VmBackend {
                 }
                 Err(e) => last = e.to_string(),
             }
+            self.timing.failed_attempts += 1;
+            tracing::debug!(pod = %self.pod.root().display(), "the agent does not answer yet: {last}");
             if tokio::time::Instant::now() >= deadline {
                 return Err(SandboxError::AgentTimeout {
                     secs,
@@ -447,6 +485,16 @@ impl VmBackend {
             let _ = self.stop().await;
             return Err(e);
         }
+        let t = std::mem::take(&mut self.timing);
+        tracing::info!(
+            pod = %self.pod.root().display(),
+            restored = self.restore_from.is_some(),
+            prepare_ms = t.prepare.as_millis() as u64,
+            virtiofsd_ms = t.virtiofsd.as_millis() as u64,
+            vmm_to_agent_ms = t.vmm_spawned.map_or(0, |s| s.elapsed().as_millis() as u64),
+            failed_attempts = t.failed_attempts,
+            "the pod's agent answers"
+        );
         if let Some(netns) = &self.netns {
             match PortForwarder::start(netns, streams.clone(), &self.pod.id()) {
                 Ok(f) => self.port_forward = Some(f),
@@ -560,9 +608,18 @@ impl Backend for VmBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{death_is_news, describe_vmm_death};
+    use super::{death_is_news, describe_vmm_death, exit_code};
     use std::os::unix::process::ExitStatusExt;
     use std::process::ExitStatus;
+
+    #[test]
+    fn exit_codes_are_read_from_the_status_text() {
+        let text = |raw| ExitStatus::from_raw(raw).to_string();
+        assert_eq!(exit_code(&text(6 << 8)), Some(6));
+        assert_eq!(exit_code(&text(0)), Some(0));
+        assert_eq!(exit_code(&text(9)), None);
+        assert_eq!(exit_code("wait failed: EINTR"), None);
+    }
 
     #[test]
     fn a_death_the_shim_did_not_cause_is_reported_even_while_stopping() {

@@ -133,10 +133,9 @@ impl<H> Drop for DeviceThread<H> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
     use super::*;
     use crate::devices::virtio::event_loop::{Control, Event, QueueEvents};
+    use crate::devices::virtio::test_chains::wait_until;
 
     #[derive(Debug, thiserror::Error)]
     #[error("never")]
@@ -159,14 +158,6 @@ mod tests {
         }
     }
 
-    fn wait_for(what: &str, f: impl Fn() -> bool) {
-        let start = Instant::now();
-        while !f() {
-            assert!(start.elapsed() < Duration::from_secs(10), "{what}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
     #[test]
     fn a_handler_that_panics_raises_needs_reset_and_the_thread_ends() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -181,10 +172,10 @@ mod tests {
         )
         .unwrap();
         kicks.as_slice()[0].write(1).unwrap();
-        wait_for("queue 0 served", || irq.read().is_ok());
+        wait_until("queue 0 served", || irq.read().is_ok());
         assert!(!interrupt.needs_reset());
         kicks.as_slice()[1].write(1).unwrap();
-        wait_for("DEVICE_NEEDS_RESET after the panic", || {
+        wait_until("DEVICE_NEEDS_RESET after the panic", || {
             interrupt.needs_reset()
         });
         assert!(t.stop().is_none(), "a panicked handler does not come back");

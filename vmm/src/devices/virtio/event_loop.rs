@@ -369,14 +369,7 @@ mod tests {
     }
 
     fn wait_for(f: impl Fn() -> bool) {
-        let start = std::time::Instant::now();
-        while !f() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "timed out waiting"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        crate::devices::virtio::test_chains::wait_until("the event loop", f)
     }
 
     #[test]

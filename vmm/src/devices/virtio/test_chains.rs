@@ -56,6 +56,17 @@ pub fn chained_at(base: u16, descs: &[RawDescriptor]) -> Vec<RawDescriptor> {
 #[cfg(test)]
 pub use mock::MockDriver;
 
+/// Wait (10 s at most, then fail naming `what`) until `done` holds: a
+/// device thread served what the test posted.
+#[cfg(test)]
+pub fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed().as_secs() < 10, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 #[cfg(test)]
 mod mock {
     use super::*;

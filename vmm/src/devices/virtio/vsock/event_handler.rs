@@ -150,6 +150,10 @@ impl<B: VsockBackend> VsockCore<B> {
         };
         let now = self.queues[EVQ].avail_idx(&self.mem, Ordering::Acquire);
         if now.ok().map(|n| n.0) != Some(idx) {
+            tracing::info!(
+                after_ms = since.elapsed().as_millis() as u64,
+                "vsock: the driver handled the transport reset"
+            );
             self.reset_unacked = None;
             return true;
         }

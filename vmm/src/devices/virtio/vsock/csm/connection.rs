@@ -185,7 +185,7 @@ impl<S: ConnStream> VsockConnection<S> {
     pub fn check_deadline(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| d <= now) {
             crate::limited!(
-                debug,
+                info,
                 local_port = self.local_port,
                 peer_port = self.peer_port,
                 state = ?self.state,
