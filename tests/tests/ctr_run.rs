@@ -45,6 +45,54 @@ fn ctr_run_exit_codes_stdout_stderr_stdin() {
     c.assert_clean();
 }
 
+/// What a container wrote into a volume is on the host, whole, when `ctr
+/// run --rm` returns: the pod's teardown (which stops the VMM as soon as
+/// the agent has answered DestroySandbox) loses nothing the guest wrote.
+#[test]
+fn ctr_writes_to_a_volume_are_on_the_host_when_run_returns() {
+    require_supported_vmm!();
+    let c = Pods::shared(&["volwrite"]);
+    let vol = std::path::PathBuf::from(format!("/tmp/cocoon-e2e-volwrite-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&vol);
+    std::fs::create_dir_all(&vol).unwrap();
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display());
+    let (rc, out, err) = c.run(
+        "volwrite",
+        &["--mount", &mount],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/urandom of=/data/f bs=64k count=64 2>/dev/null && md5sum /data/f",
+        ],
+    );
+    assert_eq!(rc, 0, "{out}{err}");
+    let in_guest = out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let on_host = std::process::Command::new("md5sum")
+        .arg(vol.join("f"))
+        .output()
+        .unwrap();
+    let on_host = String::from_utf8_lossy(&on_host.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let len = std::fs::metadata(vol.join("f"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&vol);
+    assert_eq!(len, 64 * 64 * 1024, "the host has {len} bytes of the file");
+    assert!(in_guest.len() == 32, "no md5sum from the guest: {out}{err}");
+    assert_eq!(
+        in_guest, on_host,
+        "the host's file differs from the guest's"
+    );
+    c.assert_clean();
+}
+
 /// One pod: env, cwd and a read-only rootfs from `ctr run`'s flags, and
 /// the container's kernel is the pod VM's (see `assert_guest_kernel`).
 #[test]

@@ -32,6 +32,8 @@ fn count(log: &str, what: &str) -> usize {
 
 const BUILT: &str = "template built";
 const FROM_TEMPLATE: &str = "the pod's VM starts from a template";
+const RECORDED: &str = "the template's working set is recorded";
+const PREFETCHED: &str = "the pod's VM loads the template's working set first";
 
 /// Random bytes, the boot id and the guest's uptime, from a container.
 const PROBE: &[&str] = &[
@@ -73,6 +75,17 @@ fn pods_restored_from_one_template_run_and_draw_different_random_numbers() {
     );
     assert_eq!(count(&log, FROM_TEMPLATE), 2, "both pods restored:\n{log}");
     assert_eq!(templates(&dir).len(), 1, "{:?}", templates(&dir));
+    // The first restored pod recorded the template's working set (once
+    // its container was created); the second loaded it before its guest
+    // ran.
+    assert_eq!(count(&log, RECORDED), 1, "{log}");
+    assert_eq!(count(&log, PREFETCHED), 1, "{log}");
+    let ws = std::fs::read(templates(&dir)[0].join("working-set")).unwrap_or_default();
+    assert!(
+        ws.starts_with(b"COCOONWS") && ws.len() > 24 + 8 * 100,
+        "the template's working set: {} bytes",
+        ws.len()
+    );
     // Clones of one snapshot start with one RNG state; the agent reseeds
     // it from the host before the container runs.
     assert_ne!(

@@ -213,7 +213,7 @@ fn set_parent_death_signal() -> Result<(), JailError> {
     Ok(())
 }
 
-/// The jailed VMM's pid, for the monitor's SIGUSR1 forwarder.
+/// The jailed VMM's pid, for the monitor's SIGUSR1/SIGUSR2 forwarder.
 static JAILED_CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 extern "C" fn forward_to_child(sig: libc::c_int) {
@@ -228,13 +228,26 @@ fn monitor(child: libc::pid_t, cfg: &JailConfig, mode: SeccompMode, _pipe: Owned
     // SIGUSR1 asks a template VMM (--snapshot-to) for its snapshot: whoever
     // started cocoon-vmm signals this process, the VMM is our child.
     JAILED_CHILD.store(child, std::sync::atomic::Ordering::SeqCst);
-    // SAFETY: installing a handler that only calls kill (async-signal-safe).
+    // SIGUSR2 asks a restored VMM (--record-working-set) for its working
+    // set; its main blocked it for every thread, the monitor included.
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: installing a handler that only calls kill
+        // (async-signal-safe).
+        unsafe {
+            libc::signal(
+                sig,
+                forward_to_child as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset; only
+    // SIGUSR2 is unblocked.
     unsafe {
-        libc::signal(
-            libc::SIGUSR1,
-            forward_to_child as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        )
-    };
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
     for fd in &cfg.monitor_closes {
         // SAFETY: the VMM's inherited descriptors, which the monitor never
         // uses; closing this process's copies leaves the VMM's open.

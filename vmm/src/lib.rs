@@ -37,4 +37,4 @@ pub use config::{
 };
 pub use exit::ExitReason;
 pub use kvm_probe::{probe as probe_kvm, KvmFlavor};
-pub use vmm::{LoadedSnapshot, RestoreMemory, RunningVm, Vmm, VmmBuilder, VmmError};
+pub use vmm::{LoadedSnapshot, RestoreMemory, RunningVm, Vmm, VmmBuilder, VmmError, WorkingSet};

@@ -26,7 +26,7 @@ use cocoon_vmm::jail::{self, JailConfig};
 use cocoon_vmm::seccomp::{self, SeccompMode};
 use cocoon_vmm::{
     BootSource, ExitReason, KernelBoot, KvmFlavor, LoadedSnapshot, RestoreMemory, SerialOutput,
-    VmConfig, VmmBuilder, VmmError, VsockConfig,
+    VmConfig, VmmBuilder, VmmError, VsockConfig, WorkingSet,
 };
 
 const EXIT_CODES_HELP: &str = "\
@@ -144,6 +144,23 @@ struct Args {
     /// uses), "eager" copies the whole image before the guest runs.
     #[arg(long, value_name = "MODE", default_value = "lazy", value_parser = ["lazy", "eager"], requires = "restore")]
     restore_memory: String,
+    /// With --restore (lazy): load the data pages this working-set file
+    /// names before the guest runs, each checked like any other page; a
+    /// malformed file, or one naming a page the image does not hold, is
+    /// ignored with a warning. Read before entering --jail.
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    working_set: Option<PathBuf>,
+    /// With --restore (lazy): record the data pages loaded from the image
+    /// until SIGUSR2, then write them to FILE (created, mode 0600; it must
+    /// not exist) as a working set for --working-set. With --jail, FILE
+    /// must be inside the jail directory.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "restore",
+        conflicts_with = "working_set"
+    )]
+    record_working_set: Option<PathBuf>,
 }
 
 /// Set by SIGUSR1 when --snapshot-to is given.
@@ -348,6 +365,62 @@ fn net_fds(args: &Args) -> Vec<std::os::fd::RawFd> {
         .collect()
 }
 
+/// The working-set recorder of --record-working-set: its file created now
+/// (before any jail), and a signalfd for SIGUSR2, which `main` blocked in
+/// every thread.
+fn recorder(
+    args: &Args,
+    jail: Option<&JailConfig>,
+) -> anyhow::Result<Option<cocoon_vmm::vstate::lazy_ram::Recorder>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = &args.record_working_set else {
+        return Ok(None);
+    };
+    if let Some(j) = jail {
+        j.inside(path).context("--record-working-set")?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot create the working set {}", path.display()))?;
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t we own.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+    }
+    // SAFETY: a new signalfd for the set above; the result is checked.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot create the SIGUSR2 signalfd");
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let signal = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok(Some(cocoon_vmm::vstate::lazy_ram::Recorder {
+        file,
+        path: path.clone(),
+        signal,
+    }))
+}
+
+/// Block SIGUSR2 in this thread and every thread it makes: with
+/// --record-working-set it is read from a signalfd (the page loader's),
+/// and no other thread is interrupted by it.
+fn block_sigusr2() {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the old mask is not wanted.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Moves every path the VMM opens after entering `jail` to its jail path.
 fn paths_into_jail(args: &mut Args, jail: &JailConfig) -> anyhow::Result<()> {
     args.kernel = PathBuf::from("/kernel");
@@ -420,13 +493,17 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
     let load_started = Instant::now();
     let loaded = match &args.restore {
         Some(dir) => Some(
-            LoadedSnapshot::read_with(
+            LoadedSnapshot::read_lazy(
                 dir,
                 args.memory << 20,
                 if args.restore_memory == "eager" {
                     RestoreMemory::Eager
                 } else {
                     RestoreMemory::Lazy
+                },
+                WorkingSet {
+                    prefetch: args.working_set.clone(),
+                    record: recorder(&args, jail.as_ref())?,
                 },
             )
             .with_context(|| format!("cannot restore the VM from {}", dir.display()))?,
@@ -481,11 +558,18 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
         } else {
             0
         };
+        // A recorded working set is bounded by its format.
+        let working_set = if args.record_working_set.is_some() {
+            cocoon_vmm::vstate::working_set::MAX_BYTES as u64
+        } else {
+            0
+        };
         jail::limit_file_size(
             args.console_limit
                 .max(args.log_limit)
                 .max(largest_block)
-                .max(image),
+                .max(image)
+                .max(working_set),
         )
         .context("cannot set up the jail")?;
     }
@@ -529,6 +613,10 @@ fn main() {
             "cocoon-vmm: WARNING: --seccomp off: no system call filter; a guest that \
              exploits a VMM bug gets every system call. For debugging only."
         );
+    }
+    if args.record_working_set.is_some() {
+        // Before any thread or the jail's monitor exists.
+        block_sigusr2();
     }
     let jail = jail_config(&args);
     if let Some(j) = &jail {

@@ -39,6 +39,7 @@ use crate::vstate::vcpu::{install_kick_handler, kick_signal, Vcpu, VcpuError};
 use crate::vstate::vcpu_state::{VcpuState, VcpuStateError};
 use crate::vstate::vm::{KvmError, Vm};
 use crate::vstate::vm_state::{VmState, VmStateError};
+use crate::vstate::working_set;
 
 /// How long `run` waits for vCPU threads to leave `KVM_RUN` after a stop.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -195,6 +196,17 @@ pub enum RestoreMemory {
     Eager,
 }
 
+/// A restore's working set (see [`working_set`]): one to load before
+/// the guest runs, and whether to record one.
+#[derive(Debug, Default)]
+pub struct WorkingSet {
+    /// The working-set file to load up front (ignored with a warning if
+    /// malformed or not this image's).
+    pub prefetch: Option<PathBuf>,
+    /// Record the pages loaded until the signal, then write them.
+    pub record: Option<lazy_ram::Recorder>,
+}
+
 /// A snapshot read from its directory: its state checked, its memory
 /// image loaded into new guest RAM.
 pub struct LoadedSnapshot {
@@ -214,6 +226,17 @@ impl LoadedSnapshot {
 
     /// [`LoadedSnapshot::read`] with RAM loaded as `mode` says.
     pub fn read_with(dir: &Path, memory_bytes: u64, mode: RestoreMemory) -> Result<Self, VmmError> {
+        Self::read_lazy(dir, memory_bytes, mode, WorkingSet::default())
+    }
+
+    /// [`LoadedSnapshot::read_with`]; lazily loaded RAM also loads the
+    /// working set's pages first, and records a new one if asked.
+    pub fn read_lazy(
+        dir: &Path,
+        memory_bytes: u64,
+        mode: RestoreMemory,
+        working: WorkingSet,
+    ) -> Result<Self, VmmError> {
         let snapshot = snapshot::read_state(dir)?;
         if snapshot.memory_bytes != memory_bytes {
             return Err(VmmError::SnapshotMismatch {
@@ -227,11 +250,42 @@ impl LoadedSnapshot {
         let eager = |image: &Path| {
             memory_image::load(image, memory_bytes, &snapshot.memory_index).map(|ram| (ram, None))
         };
+        // A working set that names a page the image does not hold is not
+        // this template's: ignored whole (it only makes loading earlier).
+        let prefetch = match working.prefetch {
+            Some(path) => match working_set::read(&path) {
+                Ok(pages) => match pages.iter().find(|&&p| !snapshot.memory_index.is_data(p)) {
+                    None => pages,
+                    Some(p) => {
+                        eprintln!(
+                            "cocoon-vmm: ignoring the working set {}: offset {p:#x} is not a data page of the memory image",
+                            path.display()
+                        );
+                        Vec::new()
+                    }
+                },
+                Err(e) => {
+                    eprintln!("cocoon-vmm: ignoring the working set: {e}");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
         let (ram, pages) = match mode {
             RestoreMemory::Eager => eager(&image)?,
             RestoreMemory::Lazy => {
-                match lazy_ram::load(&image, memory_bytes, snapshot.memory_index.clone()) {
-                    Ok((ram, pages)) => (ram, Some(pages)),
+                match lazy_ram::load(
+                    &image,
+                    memory_bytes,
+                    snapshot.memory_index.clone(),
+                    &prefetch,
+                ) {
+                    Ok((ram, mut pages)) => {
+                        if let Some(r) = working.record {
+                            pages.record(r);
+                        }
+                        (ram, Some(pages))
+                    }
                     Err(LazyRamError::Uffd(e)) => {
                         // Before the logger exists: stderr.
                         eprintln!(
@@ -281,6 +335,7 @@ impl PageLoader {
             source,
         })?;
         let data_pages = pages.data_pages();
+        let prefetched = pages.prefetched();
         let handle = std::thread::Builder::new()
             .name("page-loader".into())
             .spawn(move || {
@@ -296,6 +351,7 @@ impl PageLoader {
                         copied = stats.copied,
                         zeroed = stats.zeroed,
                         of = data_pages,
+                        prefetched,
                         "guest memory loader stopped: pages copied from the image on first touch"
                     ),
                     Err(e) => failed(format!(

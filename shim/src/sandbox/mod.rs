@@ -90,5 +90,8 @@ pub trait Backend: Send + Sync {
     fn pid(&self) -> u32;
     /// Becomes `true` when the VM (or the local agent) has died.
     fn dead(&self) -> watch::Receiver<bool>;
+    /// The pod's first container was created (before it starts): a VM
+    /// restored from a template without a working set records it now.
+    fn container_created(&self) {}
     fn pod_dir(&self) -> &PodDir;
 }

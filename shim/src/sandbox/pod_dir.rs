@@ -106,6 +106,12 @@ impl PodDir {
         self.root.join("jail")
     }
 
+    /// The working set a restored VMM records for its template (in the
+    /// jail: the VMM creates it before entering it).
+    pub fn working_set(&self) -> PathBuf {
+        self.jail().join("working-set")
+    }
+
     /// The uid the pod's VMM runs as (see `vmm_jail`).
     pub fn vmm_uid_record(&self) -> PathBuf {
         self.root.join("vmm-uid")

@@ -41,6 +41,8 @@ pub const TEMPLATE_MAC: [u8; 6] = [0x02, 0x63, 0x6f, 0x63, 0x6f, 0x6e];
 pub const TEMPLATE_NIC_MAX_MTU: u32 = 1500;
 /// The snapshot inside a template directory.
 const SNAPSHOT: &str = "snapshot";
+/// A template's working set, next to its snapshot.
+const WORKING_SET: &str = "working-set";
 /// Written last: a template directory without it is not one.
 const META: &str = "meta.json";
 /// How long a save may take (the memory image of a TCG-slowed guest).
@@ -228,6 +230,54 @@ pub async fn ensure(
         "template built"
     );
     Ok(dir.join(SNAPSHOT))
+}
+
+/// The working set of the template whose snapshot is `snapshot`: the data
+/// pages its first restored pod loaded until its first container was
+/// created, which later restores load before their guest runs.
+pub fn working_set(snapshot: &Path) -> PathBuf {
+    snapshot.with_file_name(WORKING_SET)
+}
+
+/// Keep the working set a restored VMM recorded at `recorded` (a file in
+/// its jail, so read without following a link, bounded, and parsed
+/// strictly) as the template's, unless it has one. Returns the pages
+/// kept, or why not.
+pub fn install_working_set(snapshot: &Path, recorded: &Path) -> Result<usize, TemplateError> {
+    use cocoon_vmm::vstate::working_set;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = || format!("reading the recorded working set {}", recorded.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(recorded)
+        .map_err(io(what()))?;
+    if !file.metadata().map_err(io(what()))?.is_file() {
+        return Err(TemplateError::Build(format!(
+            "{} is not a file",
+            recorded.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(working_set::MAX_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(what()))?;
+    let pages =
+        working_set::decode(recorded, &bytes).map_err(|e| TemplateError::Build(e.to_string()))?;
+    let dest = working_set(snapshot);
+    let tmp = dest.with_extension(format!("{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::write(&tmp, working_set::encode(&pages))
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    // A link does not replace: the first pod to record wins.
+    let linked = std::fs::hard_link(&tmp, &dest);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(pages.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(0),
+        Err(e) => Err(io(format!("installing {}", dest.display()))(e)),
+    }
 }
 
 /// Remove the template a restore from `snapshot` failed with, so that the
@@ -545,5 +595,43 @@ mod tests {
         assert!(matches!(err, TemplateError::LockTimeout { .. }), "{err}");
         drop(held);
         lock(&path, "k", Duration::from_millis(300)).await.unwrap();
+    }
+
+    #[test]
+    fn a_recorded_working_set_is_kept_once_and_only_when_well_formed() {
+        use cocoon_vmm::vstate::working_set;
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join(SNAPSHOT);
+        std::fs::create_dir(&snap).unwrap();
+        let jail = dir.path().join("jail");
+        std::fs::create_dir(&jail).unwrap();
+        let recorded = jail.join("working-set");
+        // Garbage, a link to a file elsewhere, nothing: refused, nothing kept.
+        std::fs::write(&recorded, b"garbage").unwrap();
+        let err = install_working_set(&snap, &recorded).unwrap_err();
+        assert!(err.to_string().contains("malformed"), "{err}");
+        std::fs::remove_file(&recorded).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, working_set::encode(&[0x1000])).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &recorded).unwrap();
+        assert!(install_working_set(&snap, &recorded).is_err());
+        std::fs::remove_file(&recorded).unwrap();
+        assert!(install_working_set(&snap, &recorded).is_err());
+        assert!(!working_set(&snap).exists());
+        // A good one is kept; a second one does not replace it.
+        std::fs::write(&recorded, working_set::encode(&[0x2000, 0x1000])).unwrap();
+        assert_eq!(install_working_set(&snap, &recorded).unwrap(), 2);
+        std::fs::remove_file(&recorded).unwrap();
+        std::fs::write(&recorded, working_set::encode(&[0x5000])).unwrap();
+        assert_eq!(install_working_set(&snap, &recorded).unwrap(), 0);
+        assert_eq!(
+            working_set::read(&working_set(&snap)).unwrap(),
+            vec![0x1000, 0x2000]
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!left.iter().any(|n| n.contains("tmp")), "{left:?}");
     }
 }

@@ -23,6 +23,9 @@ use super::vmm_jail;
 use super::{Backend, Endpoints, PodDir, SandboxError};
 use crate::config::Config;
 
+/// How long the shim waits for a restored VMM's recorded working set.
+const RECORD_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a dead helper's last words may take to reach its log file.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
@@ -68,6 +71,10 @@ pub struct VmBackend {
     dead_tx: watch::Sender<bool>,
     /// Where the VM's start spent its time (logged once the agent answers).
     timing: StartTiming,
+    /// The working set this restored VMM records (`--record-working-set`),
+    /// for its template, which has none yet; asked for once.
+    recording: Option<std::path::PathBuf>,
+    recording_asked: AtomicBool,
 }
 
 /// The steps of a VM's start, for its log line.
@@ -145,6 +152,8 @@ impl VmBackend {
             stopping: Arc::new(AtomicBool::new(false)),
             dead_tx: watch::channel(false).0,
             timing: StartTiming::default(),
+            recording: None,
+            recording_asked: AtomicBool::new(false),
         }
     }
 
@@ -223,7 +232,8 @@ impl VmBackend {
 
     /// The VMM's command line, and the signal that its stderr is all in
     /// the pod's `vmm-stderr` file (both the monitor and the VMM are gone).
-    fn vmm_command(&self) -> Result<(Command, Drained), SandboxError> {
+    fn vmm_command(&self) -> Result<(Command, Drained, Option<std::path::PathBuf>), SandboxError> {
+        let mut recording = None;
         let mut cmd = Command::new(&self.cfg.vmm);
         let stderr = bounded_output(&self.pod.vmm_stderr(), STDERR_LIMIT)?;
         let serial = if self.cfg.debug_console {
@@ -298,6 +308,21 @@ impl VmBackend {
                 .arg(snapshot)
                 .arg("--restore-memory")
                 .arg(&self.cfg.template_memory);
+            if self.cfg.template_memory == "lazy" {
+                // The template's working set once a pod recorded one; until
+                // then this pod records it (see `container_created`).
+                let ws = super::template::working_set(snapshot);
+                if ws.is_file() {
+                    tracing::info!(
+                        pod = %self.pod.root().display(),
+                        "the pod's VM loads the template's working set first"
+                    );
+                    cmd.arg("--working-set").arg(ws);
+                } else {
+                    cmd.arg("--record-working-set").arg(self.pod.working_set());
+                    recording = Some(self.pod.working_set());
+                }
+            }
         }
         if let Some(uid) = self.uid {
             cmd.arg("--jail")
@@ -308,7 +333,7 @@ impl VmBackend {
                 .arg(uid.to_string());
         }
         self.join_cgroup(&mut cmd)?;
-        Ok((cmd, stderr.drained))
+        Ok((cmd, stderr.drained, recording))
     }
 
     async fn start_processes(&mut self) -> Result<(), SandboxError> {
@@ -362,7 +387,9 @@ impl VmBackend {
         self.timing.prepare = began.elapsed();
         self.start_virtiofsd().await?;
         self.timing.virtiofsd = virtiofsd.elapsed();
-        let (cmd, drained) = self.vmm_command()?;
+        let (cmd, drained, recording) = self.vmm_command()?;
+        self.recording = recording;
+        self.recording_asked.store(false, Ordering::SeqCst);
         self.timing.vmm_spawned = Some(std::time::Instant::now());
         let vmm = Supervised::spawn("cocoon-vmm", cmd, &self.pod.pid_file("vmm"))?;
         // The VMM has its copy: with the shim's closed, the TAP lives as
@@ -539,18 +566,17 @@ impl Backend for VmBackend {
     }
 
     async fn stop(&mut self) -> Result<(), SandboxError> {
-        // The agent's DestroySandbox reboots the guest (reboot=k), which
-        // ends the VMM with 0; give it a moment before signalling.
+        // Nothing of the guest is kept: once DestroySandbox has answered
+        // (its containers are gone and the guest has synced the share) or
+        // failed, the VMM is stopped at once rather than waiting for the
+        // guest's own restart (reboot=k), which in the nested test host
+        // costs a few hundred milliseconds of every pod's teardown.
         self.stopping.store(true, Ordering::SeqCst);
         if let Some(f) = self.port_forward.take() {
             let _ = tokio::task::spawn_blocking(move || f.stop()).await;
         }
         if let Some(v) = self.vmm.take() {
-            if !v.wait_for(Duration::from_secs(2)).await {
-                v.stop(Duration::from_secs(3)).await;
-            } else {
-                v.stop(Duration::ZERO).await;
-            }
+            v.stop(Duration::from_secs(3)).await;
         }
         if let Some(v) = self.virtiofsd.take() {
             v.stop(Duration::from_secs(3)).await;
@@ -599,6 +625,48 @@ impl Backend for VmBackend {
 
     fn dead(&self) -> watch::Receiver<bool> {
         self.dead_tx.subscribe()
+    }
+
+    fn container_created(&self) {
+        let (Some(recorded), Some(snapshot), Some(vmm)) = (
+            self.recording.clone(),
+            self.restore_from.clone(),
+            self.vmm.as_ref(),
+        ) else {
+            return;
+        };
+        if self.recording_asked.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // The VMM (through its jail's monitor) writes the pages it loaded
+        // so far; its page loader takes the signal before any later fault.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(vmm.pid as i32),
+            nix::sys::signal::Signal::SIGUSR2,
+        );
+        let pod = self.pod.root().display().to_string();
+        tokio::spawn(async move {
+            let began = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match super::template::install_working_set(&snapshot, &recorded) {
+                    Ok(pages) => {
+                        tracing::info!(
+                            %pod,
+                            pages,
+                            took_ms = began.elapsed().as_millis() as u64,
+                            "the template's working set is recorded"
+                        );
+                        break;
+                    }
+                    Err(e) if began.elapsed() > RECORD_WAIT => {
+                        tracing::warn!(%pod, "no working set recorded for the template: {e}");
+                        break;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
     }
 
     fn pod_dir(&self) -> &PodDir {

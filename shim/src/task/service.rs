@@ -405,6 +405,7 @@ impl Task for TaskService {
             Ok((c, pid)) => {
                 if let Some(p) = st.pods.get(&pod_id) {
                     p.add_container(&req.id);
+                    p.backend.container_created();
                 }
                 st.containers.insert(req.id.clone(), c);
                 pid

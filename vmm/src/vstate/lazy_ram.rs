@@ -41,7 +41,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -52,6 +52,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::memory::{create_guest_ram, GuestRam, MemoryError};
 use super::memory_image::{self, ImageIndex, MemoryImageError, PAGE};
 use super::uffd::{Uffd, UffdError};
+use super::working_set::{self, WorkingSetError};
 
 /// Data pages closer than this (in pages) are registered as one range:
 /// fewer ranges (each one splits the mapping), a few more zero-page
@@ -102,6 +103,25 @@ pub enum LazyRamError {
     /// The page buffer cannot be mapped.
     #[error("cannot map the loader's page buffer")]
     Buffer(#[source] io::Error),
+    /// The working set could not be written.
+    #[error(transparent)]
+    WorkingSet(#[from] WorkingSetError),
+    /// The record signal could not be read.
+    #[error("cannot read the working-set signal")]
+    Signal(#[source] io::Error),
+}
+
+/// Records the data pages the loader copies until a signal arrives, then
+/// writes them as a working set ([`working_set`]).
+#[derive(Debug)]
+pub struct Recorder {
+    /// Where the working set goes (opened by the caller, before any jail).
+    pub file: File,
+    /// Its name, for messages.
+    pub path: PathBuf,
+    /// Readable once the VMM was asked to write the working set (a
+    /// signalfd).
+    pub signal: OwnedFd,
 }
 
 /// A guest RAM region: where it is mapped and where it starts in the memfd.
@@ -120,6 +140,10 @@ pub struct PageSource {
     path: PathBuf,
     index: ImageIndex,
     regions: Vec<Region>,
+    /// Pages loaded up front (the working set).
+    prefetched: u64,
+    recorder: Option<Recorder>,
+    recorded: Vec<u64>,
 }
 
 /// What the loader did.
@@ -161,13 +185,20 @@ impl Burst {
 /// data pages `index` names, each page loaded (and checked) when first
 /// touched once [`PageSource::serve`] runs. Nothing may touch guest RAM
 /// before.
+///
+/// The data pages `prefetch` names (a working set: ascending data pages of
+/// `index`, checked by the caller) are loaded now, in runs, each page
+/// checked: the guest never faults on them.
 pub fn load(
     path: &Path,
     size: u64,
     index: ImageIndex,
+    prefetch: &[u64],
 ) -> Result<(GuestRam, PageSource), LazyRamError> {
     let image = memory_image::open(path, size, &index)?;
     let ram = create_guest_ram(size)?;
+    let runs = page_runs(prefetch);
+    memory_image::load_runs(&image, path, &ram, &index, &runs)?;
     let uffd = Uffd::new()?;
     let mut regions = Vec::new();
     for r in ram.mem.iter() {
@@ -196,8 +227,23 @@ pub fn load(
         path: path.to_owned(),
         index,
         regions,
+        prefetched: prefetch.len() as u64,
+        recorder: None,
+        recorded: Vec::new(),
     };
     Ok((ram, source))
+}
+
+/// Ascending page offsets as runs of contiguous pages (offset, bytes).
+fn page_runs(pages: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &p in pages {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == p => *len += PAGE as u64,
+            _ => runs.push((p, PAGE as u64)),
+        }
+    }
+    runs
 }
 
 /// One block of anonymous memory (`UFFDIO_COPY` wants an aligned source).
@@ -243,6 +289,39 @@ impl PageSource {
         self.index.data_pages()
     }
 
+    /// The pages loaded before the guest ran (the working set).
+    pub fn prefetched(&self) -> u64 {
+        self.prefetched
+    }
+
+    /// Record the data pages loaded from now on, until `recorder.signal`
+    /// is readable, then write them to `recorder.file`.
+    pub fn record(&mut self, recorder: Recorder) {
+        self.recorder = Some(recorder);
+    }
+
+    /// Write what was recorded and stop recording.
+    fn write_working_set(&mut self) -> Result<(), LazyRamError> {
+        let Some(mut r) = self.recorder.take() else {
+            return Ok(());
+        };
+        let mut info = [0u8; 128];
+        // SAFETY: reads one signalfd_siginfo (128 bytes) into a buffer of
+        // that size that we own.
+        let n = unsafe { libc::read(r.signal.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
+        if n < 0 {
+            return Err(LazyRamError::Signal(io::Error::last_os_error()));
+        }
+        let pages = std::mem::take(&mut self.recorded);
+        working_set::write(&mut r.file, &r.path, &pages)?;
+        tracing::info!(
+            pages = pages.len(),
+            path = %r.path.display(),
+            "guest memory loader: working set written"
+        );
+        Ok(())
+    }
+
     /// The region holding host address `addr`.
     fn region_of(&self, addr: u64) -> Option<Region> {
         self.regions
@@ -256,7 +335,7 @@ impl PageSource {
     /// page checked against its digest, one copy per run of data pages.
     /// Pages already there are left alone.
     fn load_block(
-        &self,
+        &mut self,
         buf: &mut PageBuf,
         r: Region,
         addr: u64,
@@ -293,12 +372,18 @@ impl PageSource {
             let src = bytes[(at - start) as usize..].as_ptr();
             if self.uffd.copy(host(at), src, run_end - at)? {
                 stats.copied += (run_end - at) / page;
+                if self.recorder.is_some() {
+                    self.recorded.extend((at..run_end).step_by(PAGE));
+                }
             } else {
                 // Part of the run was there already: page by page.
                 for p in (at..run_end).step_by(PAGE) {
                     let src = bytes[(p - start) as usize..].as_ptr();
                     if self.uffd.copy(host(p), src, page)? {
                         stats.copied += 1;
+                        if self.recorder.is_some() {
+                            self.recorded.push(p);
+                        }
                     }
                 }
             }
@@ -313,13 +398,14 @@ impl PageSource {
     /// Answer faults until `stop` is signalled; an error (a corrupt page
     /// among them) leaves the faulting threads waiting: the caller ends
     /// the VM.
-    pub fn serve(self, stop: &EventFd) -> Result<LoadStats, LazyRamError> {
+    pub fn serve(mut self, stop: &EventFd) -> Result<LoadStats, LazyRamError> {
         let mut buf = PageBuf::new()?;
         let mut stats = LoadStats::default();
         let page_mask = !(PAGE as u64 - 1);
         let served = Instant::now();
         let mut burst: Option<Burst> = None;
         loop {
+            let record_fd = self.recorder.as_ref().map(|r| r.signal.as_raw_fd());
             let mut fds = [
                 libc::pollfd {
                     fd: self.uffd.as_raw_fd(),
@@ -331,19 +417,30 @@ impl PageSource {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                libc::pollfd {
+                    // poll ignores a negative descriptor.
+                    fd: record_fd.unwrap_or(-1),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             let wait = match burst {
                 Some(_) => BURST_QUIET.as_millis() as libc::c_int,
                 None => -1,
             };
-            // SAFETY: `fds` is an array of two pollfds we own.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait) };
+            // SAFETY: `fds` is an array of three pollfds we own.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, wait) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
                 return Err(LazyRamError::Poll(e));
+            }
+            // Before any fault: pages loaded after the signal are not the
+            // working set.
+            if fds[2].revents != 0 {
+                self.write_working_set()?;
             }
             if n == 0 || fds[1].revents != 0 {
                 if let Some(b) = burst.take() {
@@ -353,6 +450,9 @@ impl PageSource {
                     continue;
                 }
                 return Ok(stats);
+            }
+            if fds[0].revents == 0 {
+                continue;
             }
             let busy = Instant::now();
             let b = burst.get_or_insert(Burst {
@@ -419,7 +519,7 @@ mod tests {
         let path = dir.path().join("memory");
         let image = memory_image::save(&saved, &path).unwrap();
 
-        let (ram, source) = load(&path, 8 << 20, image.index).unwrap();
+        let (ram, source) = load(&path, 8 << 20, image.index, &[]).unwrap();
         assert_eq!(source.data_pages(), 3);
         assert_eq!(allocated_pages(&ram), 0, "loaded before being touched");
         let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -465,13 +565,13 @@ mod tests {
         let image = memory_image::save(&saved, &path).unwrap();
         // An image of another size is refused before guest RAM exists.
         assert!(matches!(
-            load(&path, 8 << 20, image.index.clone()),
+            load(&path, 8 << 20, image.index.clone(), &[]),
             Err(LazyRamError::Image(MemoryImageError::SizeMismatch { .. }))
         ));
         // One changed byte: nothing reads it until the guest touches it.
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&[8u8], 0x2000).unwrap();
-        let (ram, source) = load(&path, 4 << 20, image.index).unwrap();
+        let (ram, source) = load(&path, 4 << 20, image.index, &[]).unwrap();
         let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let stop2 = stop.try_clone().unwrap();
         let loader = std::thread::spawn(move || source.serve(&stop2));
@@ -496,5 +596,92 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("is corrupt"), "{err}");
+    }
+
+    /// Saved RAM with data at 0x1000, 0x2000 (a run) and 0x70_0000.
+    fn three_pages(dir: &Path) -> (PathBuf, ImageIndex) {
+        let saved = create_guest_ram(8 << 20).unwrap();
+        saved.mem.write_obj(0x11u8, GuestAddress(0x1000)).unwrap();
+        saved.mem.write_obj(0x22u8, GuestAddress(0x2000)).unwrap();
+        saved
+            .mem
+            .write_obj(0x33u8, GuestAddress(0x70_0000))
+            .unwrap();
+        let path = dir.join("memory");
+        let image = memory_image::save(&saved, &path).unwrap();
+        (path, image.index)
+    }
+
+    #[test]
+    fn a_working_set_is_loaded_before_the_guest_runs_and_never_faults() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, index) = three_pages(dir.path());
+        let (ram, source) = load(&path, 8 << 20, index, &[0x1000, 0x2000]).unwrap();
+        assert_eq!(source.prefetched(), 2);
+        assert_eq!(allocated_pages(&ram), 2, "the working set is not loaded");
+        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let stop2 = stop.try_clone().unwrap();
+        let loader = std::thread::spawn(move || source.serve(&stop2));
+        assert_eq!(ram.mem.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0x11);
+        assert_eq!(ram.mem.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 0x22);
+        assert_eq!(
+            ram.mem.read_obj::<u8>(GuestAddress(0x70_0000)).unwrap(),
+            0x33
+        );
+        stop.write(1).unwrap();
+        let stats = loader.join().unwrap().unwrap();
+        // Only the page outside the working set was a fault.
+        assert_eq!((stats.faults, stats.copied), (1, 1), "{stats:?}");
+    }
+
+    #[test]
+    fn a_corrupt_page_of_the_working_set_fails_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, index) = three_pages(dir.path());
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0x99u8], 0x2000).unwrap();
+        let err = load(&path, 8 << 20, index, &[0x1000, 0x2000]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                LazyRamError::Image(MemoryImageError::PageDigest { offset: 0x2000, .. })
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_recorder_writes_the_pages_loaded_before_its_signal_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, index) = three_pages(dir.path());
+        let (ram, mut source) = load(&path, 8 << 20, index, &[]).unwrap();
+        let ws = dir.path().join("working-set");
+        let signal = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let fd = signal.try_clone().unwrap();
+        // SAFETY: the descriptor was just duplicated for the recorder
+        // alone.
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd.as_raw_fd()) };
+        std::mem::forget(fd);
+        source.record(Recorder {
+            file: File::create(&ws).unwrap(),
+            path: ws.clone(),
+            signal: owned,
+        });
+        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let stop2 = stop.try_clone().unwrap();
+        let loader = std::thread::spawn(move || source.serve(&stop2));
+        assert_eq!(ram.mem.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 0x22);
+        signal.write(1).unwrap();
+        crate::devices::virtio::test_chains::wait_until("the working set is written", || {
+            std::fs::metadata(&ws).map(|m| m.len() > 0).unwrap_or(false)
+        });
+        // After the signal: loaded, not recorded.
+        assert_eq!(
+            ram.mem.read_obj::<u8>(GuestAddress(0x70_0000)).unwrap(),
+            0x33
+        );
+        stop.write(1).unwrap();
+        loader.join().unwrap().unwrap();
+        assert_eq!(working_set::read(&ws).unwrap(), vec![0x2000]);
     }
 }

@@ -329,8 +329,22 @@ pub fn open(path: &Path, size: u64, index: &ImageIndex) -> Result<File, MemoryIm
 pub fn load(path: &Path, size: u64, index: &ImageIndex) -> Result<GuestRam, MemoryImageError> {
     let image = open(path, size, index)?;
     let ram = create_guest_ram(size)?;
+    load_runs(&image, path, &ram, index, &index.runs(1))?;
+    Ok(ram)
+}
+
+/// Copy the pages of `runs` (memfd offset, length; data pages of `index`)
+/// from `image` into `ram` through its mapping, each page checked against
+/// its digest: a read per [`CHUNK`], no fault per page.
+pub fn load_runs(
+    image: &File,
+    path: &Path,
+    ram: &GuestRam,
+    index: &ImageIndex,
+    runs: &[(u64, u64)],
+) -> Result<(), MemoryImageError> {
     let mut buf = vec![0u8; CHUNK];
-    for (start, len) in index.runs(1) {
+    for &(start, len) in runs {
         let mut offset = start;
         while offset < start + len {
             let n = usize::try_from(start + len - offset)
@@ -346,11 +360,11 @@ pub fn load(path: &Path, size: u64, index: &ImageIndex) -> Result<GuestRam, Memo
             for (i, page) in chunk.chunks(PAGE).enumerate() {
                 index.check(path, offset + (i * PAGE) as u64, page)?;
             }
-            write_through_mapping(&ram, offset, chunk)?;
+            write_through_mapping(ram, offset, chunk)?;
             offset += n as u64;
         }
     }
-    Ok(ram)
+    Ok(())
 }
 
 /// Write `bytes` at memfd offset `offset` through the VMM's own mapping

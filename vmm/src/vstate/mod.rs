@@ -9,3 +9,4 @@ pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;
 pub mod vm_state;
+pub mod working_set;
