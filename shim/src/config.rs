@@ -95,6 +95,13 @@ pub struct Config {
     /// first touches it: the pod holds only what it uses) or "eager" (the
     /// whole memory image copied before the guest runs: no faults later).
     pub template_memory: String,
+    /// With lazy template memory: every restored VM maps the template
+    /// kernel's text from the template's memory image (one copy in the
+    /// host's page cache for all pods of the template, never copied)
+    /// instead of copying it into its own RAM. Off: each VM copies what it
+    /// touches (no physical page shared between tenants' guests; see the
+    /// threat model).
+    pub template_share_text: bool,
 }
 
 impl Default for Config {
@@ -130,6 +137,7 @@ impl Default for Config {
             template: true,
             template_dir: "/var/cache/cocoon/templates".into(),
             template_memory: "lazy".into(),
+            template_share_text: true,
         }
     }
 }
@@ -260,6 +268,14 @@ mod tests {
         assert!(e.to_string().contains("vmm_seccomp"), "{e}");
         let e = Config::parse("template_memory = \"sometimes\"", "f.toml").unwrap_err();
         assert!(e.to_string().contains("template_memory"), "{e}");
+        let e = Config::parse("template_share_text = \"yes\"", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("template_share_text"), "{e}");
+        assert!(Config::default().template_share_text);
+        assert!(
+            !Config::parse("template_share_text = false", "f.toml")
+                .unwrap()
+                .template_share_text
+        );
         let e = Config::parse("vmm_uid_first = 0", "f.toml").unwrap_err();
         assert!(e.to_string().contains("vmm_uid_first"), "{e}");
         let e = Config::parse("vmm_uid_first = 4294967000\nvmm_uid_count = 1000", "f.toml")

@@ -58,7 +58,7 @@ fn containerd_with_own_templates(tag: &str) -> (tempfile::TempDir, PathBuf, Cont
 fn pods_restored_from_one_template_run_and_draw_different_random_numbers() {
     require_supported_vmm!();
     let (_work, dir, c) = containerd_with_own_templates("tpl");
-    let pods = Pods::on(&c, &["tpl-a", "tpl-b"]);
+    let pods = Pods::on(&c, &["tpl-a", "tpl-b", "tpl-c", "tpl-d"]);
     let mut seen = Vec::new();
     for id in ["tpl-a", "tpl-b"] {
         let (rc, out, err) = pods.run(id, &[], PROBE);
@@ -92,7 +92,59 @@ fn pods_restored_from_one_template_run_and_draw_different_random_numbers() {
         seen[0], seen[1],
         "two restored pods drew the same random bytes"
     );
+    // Two restored pods side by side: both VMMs map the template's memory
+    // image (its kernel text) and share its clean pages: one copy in the
+    // page cache, not one per pod.
+    let image = templates(&dir)[0].join("snapshot/memory");
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&image).unwrap());
+    for id in ["tpl-c", "tpl-d"] {
+        pods.run_detached(id);
+    }
+    let mapping = processes_mapping(inode);
+    for id in ["tpl-c", "tpl-d"] {
+        let (rc, _, err) = pods.ctr(&["task", "kill", "-s", "KILL", id]);
+        assert_eq!(rc, 0, "{err}");
+        pods.wait_stopped(id, "killed");
+        pods.remove(id);
+    }
+    assert_eq!(
+        mapping.len(),
+        2,
+        "VMMs sharing pages of the template's image (inode {inode}): {mapping:?}"
+    );
     pods.assert_clean();
+}
+
+/// The processes with a mapping of the file with inode `inode` holding
+/// pages that another process maps too (from /proc/PID/smaps).
+fn processes_mapping(inode: u64) -> Vec<i32> {
+    let mut out = Vec::new();
+    for (pid, _) in common::processes() {
+        let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+            continue;
+        };
+        let mut in_image = false;
+        for line in smaps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() >= 5 && fields[0].contains('-') && fields[0].len() > 8 {
+                in_image = fields[4].parse::<u64>().ok() == Some(inode);
+            } else if in_image
+                // Shared_Clean on a disk, Shared_Dirty on tmpfs (whose
+                // pages are always dirty): page-cache pages another process
+                // maps too.
+                && matches!(fields.first(), Some(&"Shared_Clean:") | Some(&"Shared_Dirty:"))
+                && fields
+                    .get(1)
+                    .and_then(|k| k.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    > 0
+            {
+                out.push(pid);
+                break;
+            }
+        }
+    }
+    out
 }
 
 #[test]

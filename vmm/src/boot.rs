@@ -149,6 +149,82 @@ pub struct LoadedKernel {
     pub setup_header: Option<setup_header>,
 }
 
+/// The guest-physical ranges (start, length; whole pages inside them) of
+/// an ELF kernel's text that stays as loaded: sections that are allocated,
+/// executable and not writable, in a loaded segment that is executable and
+/// not writable. Not the rest of such a segment (x86 frees the gap between
+/// its text and read-only data at boot, to be used as any memory), not
+/// the init text (in a writable segment, freed at boot). A guest never
+/// queues I/O buffers there. Empty for a bzImage or an ELF that cannot be
+/// read.
+pub fn read_only_text(path: &Path) -> Vec<(u64, u64)> {
+    const PT_LOAD: u32 = 1;
+    const PF_X: u32 = 1;
+    const PF_W: u32 = 2;
+    const SHF_WRITE: u64 = 1;
+    const SHF_ALLOC: u64 = 2;
+    const SHF_EXECINSTR: u64 = 4;
+    const PAGE: u64 = 4096;
+    let Ok(mut file) = File::open(path) else {
+        return Vec::new();
+    };
+    let mut ehdr = [0u8; 64];
+    // ELF64, little endian.
+    if file.read_exact(&mut ehdr).is_err()
+        || &ehdr[..4] != b"\x7fELF"
+        || ehdr[4] != 2
+        || ehdr[5] != 1
+    {
+        return Vec::new();
+    }
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4"));
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
+    let mut table = |off: u64, entsize: u16, num: u16, min: usize| -> Option<Vec<u8>> {
+        let (entsize, num) = (usize::from(entsize), usize::from(num).min(256));
+        if entsize < min {
+            return None;
+        }
+        let mut t = vec![0u8; entsize * num];
+        file.seek(SeekFrom::Start(off)).ok()?;
+        file.read_exact(&mut t).ok()?;
+        Some(t)
+    };
+    let (phentsize, shentsize) = (u16_at(&ehdr, 54), u16_at(&ehdr, 58));
+    let Some(phdrs) = table(u64_at(&ehdr, 32), phentsize, u16_at(&ehdr, 56), 56) else {
+        return Vec::new();
+    };
+    let Some(shdrs) = table(u64_at(&ehdr, 40), shentsize, u16_at(&ehdr, 60), 64) else {
+        return Vec::new();
+    };
+    // Loaded, executable, read-only segments: (vaddr, paddr, memsz).
+    let text_segments: Vec<(u64, u64, u64)> = phdrs
+        .chunks_exact(usize::from(phentsize))
+        .filter(|ph| u32_at(ph, 0) == PT_LOAD && u32_at(ph, 4) & (PF_X | PF_W) == PF_X)
+        .map(|ph| (u64_at(ph, 16), u64_at(ph, 24), u64_at(ph, 40)))
+        .collect();
+    let mut out = Vec::new();
+    for sh in shdrs.chunks_exact(usize::from(shentsize)) {
+        let (flags, addr, size) = (u64_at(sh, 8), u64_at(sh, 16), u64_at(sh, 32));
+        if flags & (SHF_ALLOC | SHF_EXECINSTR | SHF_WRITE) != SHF_ALLOC | SHF_EXECINSTR {
+            continue;
+        }
+        let Some(&(vaddr, paddr, _)) = text_segments.iter().find(|&&(v, _, m)| {
+            addr >= v && addr.checked_add(size).is_some_and(|end| end <= v + m)
+        }) else {
+            continue;
+        };
+        let phys = paddr + (addr - vaddr);
+        let start = phys.div_ceil(PAGE) * PAGE;
+        let end = (phys + size) / PAGE * PAGE;
+        if end > start {
+            out.push((start, end - start));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 /// Load a kernel image into guest memory.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
     let format = detect_format(path)?;
@@ -289,6 +365,72 @@ mod tests {
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap()
+    }
+
+    /// An ELF64 file: program headers (type, flags, vaddr, paddr, memsz)
+    /// and section headers (flags, addr, size).
+    fn elf_with(phdrs: &[(u32, u32, u64, u64, u64)], shdrs: &[(u64, u64, u64)]) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        let shoff = 64 + 56 * phdrs.len() as u64;
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[40..48].copy_from_slice(&shoff.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&(phdrs.len() as u16).to_le_bytes());
+        b[58..60].copy_from_slice(&64u16.to_le_bytes());
+        b[60..62].copy_from_slice(&(shdrs.len() as u16).to_le_bytes());
+        for &(kind, flags, vaddr, paddr, memsz) in phdrs {
+            let mut ph = vec![0u8; 56];
+            ph[0..4].copy_from_slice(&kind.to_le_bytes());
+            ph[4..8].copy_from_slice(&flags.to_le_bytes());
+            ph[16..24].copy_from_slice(&vaddr.to_le_bytes());
+            ph[24..32].copy_from_slice(&paddr.to_le_bytes());
+            ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+            b.extend_from_slice(&ph);
+        }
+        for &(flags, addr, size) in shdrs {
+            let mut sh = vec![0u8; 64];
+            sh[8..16].copy_from_slice(&flags.to_le_bytes());
+            sh[16..24].copy_from_slice(&addr.to_le_bytes());
+            sh[32..40].copy_from_slice(&size.to_le_bytes());
+            b.extend_from_slice(&sh);
+        }
+        b
+    }
+
+    #[test]
+    fn read_only_text_is_the_kernels_lasting_text_in_whole_pages() {
+        const V: u64 = 0xffff_ffff_8000_0000;
+        // The layout of today's guest kernel: text, a gap freed at boot,
+        // rodata in the same R E segment; data and init text (freed at
+        // boot) in writable segments.
+        let path = temp(
+            "text",
+            &elf_with(
+                &[
+                    (1, 5, V + 0x100_0000, 0x100_0000, 0x8a_1f00),
+                    (1, 6, V + 0x1a0_0000, 0x1a0_0000, 0xcd000),
+                    (1, 7, V + 0x1af_0000, 0x1af_0000, 0x126000),
+                ],
+                &[
+                    (0, 0, 0),
+                    // .text (AX): its last partial page left out.
+                    (6, V + 0x100_0000, 0x60_0110),
+                    // .rodata (WA), .data (WA): not executable.
+                    (3, V + 0x180_0000, 0x9_f8e8),
+                    (3, V + 0x1a0_0000, 0xb_f300),
+                    // .init.text (AX) in the writable segment: freed at boot.
+                    (6, V + 0x1af_0000, 0x2_972f),
+                    // Executable but not allocated (not loaded).
+                    (4, V + 0x100_0000, 0x1000),
+                ],
+            ),
+        );
+        assert_eq!(read_only_text(&path), vec![(0x100_0000, 0x60_0000)]);
+        assert!(read_only_text(&temp("junk", b"not an elf at all, no")).is_empty());
+        assert!(read_only_text(Path::new("/nonexistent/vmlinux")).is_empty());
     }
 
     #[test]

@@ -161,6 +161,12 @@ struct Args {
         conflicts_with = "working_set"
     )]
     record_working_set: Option<PathBuf>,
+    /// With --restore (lazy): copy the template kernel's text into this
+    /// VM's RAM like any other page instead of mapping it privately from
+    /// the memory image (where every VM restored from the image shares
+    /// its page cache until it writes a page).
+    #[arg(long, requires = "restore")]
+    no_shared_text: bool,
 }
 
 /// Set by SIGUSR1 when --snapshot-to is given.
@@ -492,22 +498,36 @@ fn run(mut args: Args, jail: Option<JailConfig>) -> anyhow::Result<i32> {
     // Read before the jail hides it; many VMs restore from one snapshot.
     let load_started = Instant::now();
     let loaded = match &args.restore {
-        Some(dir) => Some(
-            LoadedSnapshot::read_lazy(
-                dir,
-                args.memory << 20,
-                if args.restore_memory == "eager" {
-                    RestoreMemory::Eager
-                } else {
-                    RestoreMemory::Lazy
-                },
-                WorkingSet {
-                    prefetch: args.working_set.clone(),
-                    record: recorder(&args, jail.as_ref())?,
-                },
-            )
-            .with_context(|| format!("cannot restore the VM from {}", dir.display()))?,
-        ),
+        Some(dir) => match LoadedSnapshot::read_lazy(
+            dir,
+            args.memory << 20,
+            if args.restore_memory == "eager" {
+                RestoreMemory::Eager
+            } else {
+                RestoreMemory::Lazy
+            },
+            WorkingSet {
+                prefetch: args.working_set.clone(),
+                record: recorder(&args, jail.as_ref())?,
+                share_text: !args.no_shared_text,
+            },
+        ) {
+            Ok(loaded) => Some(loaded),
+            // A page checked before the guest runs (eager, the working
+            // set, the shared text): the snapshot is unusable, as when the
+            // lazy loader finds one later.
+            Err(e) if e.is_corrupt_memory() => {
+                eprintln!(
+                    "cocoon-vmm: error: cannot restore the VM from {}: {e}",
+                    dir.display()
+                );
+                return Ok(EXIT_SNAPSHOT_MEMORY);
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot restore the VM from {}", dir.display()))
+            }
+        },
         None => None,
     };
     let snapshot_load = loaded.as_ref().map(|_| load_started.elapsed());

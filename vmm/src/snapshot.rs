@@ -28,7 +28,7 @@ pub const MEMORY_FILE: &str = "memory";
 /// The first bytes of a state file.
 pub const MAGIC: [u8; 8] = *b"COCOONVM";
 /// Bumped whenever [`VmSnapshot`] or anything in it changes shape.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// A state file is a few hundred KiB at most; refuse to read more.
 const MAX_BODY: u64 = 64 << 20;
 const HEADER: usize = 8 + 4 + 8;
@@ -139,6 +139,11 @@ pub struct VmSnapshot {
     /// The memory image's data pages and their digests
     /// ([`crate::vstate::memory_image`]).
     pub memory_index: ImageIndex,
+    /// Ranges of the image (offsets, lengths; page aligned, ascending)
+    /// that restored VMs map from it privately instead of copying: the
+    /// booted kernel's text and read-only data
+    /// ([`crate::vstate::memory::create_guest_ram_sharing`]).
+    pub shared: Vec<(u64, u64)>,
     /// VM-wide KVM state.
     pub vm: VmState,
     /// Per-vCPU KVM state, by index.
@@ -240,6 +245,7 @@ mod tests {
             vcpu_count: 1,
             memory_bytes: 1 << 20,
             memory_index: ImageIndex::default(),
+            shared: vec![(0x10_0000, 0x1000)],
             vm: VmState {
                 irqchip: None,
                 clock: kvm_bindings::kvm_clock_data {

@@ -175,6 +175,18 @@ pub enum VmmError {
     },
 }
 
+impl VmmError {
+    /// A page of a snapshot's memory image failed its digest: the
+    /// snapshot is unusable ([`crate::exit::EXIT_SNAPSHOT_MEMORY`]).
+    pub fn is_corrupt_memory(&self) -> bool {
+        matches!(
+            self,
+            VmmError::MemoryImage(MemoryImageError::PageDigest { .. })
+                | VmmError::LazyRam(LazyRamError::Image(MemoryImageError::PageDigest { .. }))
+        )
+    }
+}
+
 fn serial_sink(output: &SerialOutput, limit: u64) -> Result<Box<dyn Write + Send>, VmmError> {
     Ok(match output {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
@@ -205,6 +217,9 @@ pub struct WorkingSet {
     pub prefetch: Option<PathBuf>,
     /// Record the pages loaded until the signal, then write them.
     pub record: Option<lazy_ram::Recorder>,
+    /// Map the snapshot's shared ranges (the kernel's text) from the
+    /// image instead of copying them.
+    pub share_text: bool,
 }
 
 /// A snapshot read from its directory: its state checked, its memory
@@ -226,7 +241,15 @@ impl LoadedSnapshot {
 
     /// [`LoadedSnapshot::read`] with RAM loaded as `mode` says.
     pub fn read_with(dir: &Path, memory_bytes: u64, mode: RestoreMemory) -> Result<Self, VmmError> {
-        Self::read_lazy(dir, memory_bytes, mode, WorkingSet::default())
+        Self::read_lazy(
+            dir,
+            memory_bytes,
+            mode,
+            WorkingSet {
+                share_text: true,
+                ..WorkingSet::default()
+            },
+        )
     }
 
     /// [`LoadedSnapshot::read_with`]; lazily loaded RAM also loads the
@@ -279,6 +302,11 @@ impl LoadedSnapshot {
                     memory_bytes,
                     snapshot.memory_index.clone(),
                     &prefetch,
+                    if working.share_text {
+                        &snapshot.shared
+                    } else {
+                        &[]
+                    },
                 ) {
                     Ok((ram, mut pages)) => {
                         if let Some(r) = working.record {
@@ -698,16 +726,17 @@ impl VmmBuilder {
             }
             // Last, so the guest's clock resumes from where it paused.
             snapshot.vm.restore(self.vm.fd(), self.vm.has_irqchip())?;
-            return Ok(self.into_vmm(vcpus, None));
+            return Ok(self.into_vmm(vcpus, None, Vec::new()));
         }
         let mem = &self.ram.mem;
-        let (entry, cmdline) = match &self.config.boot {
+        let (entry, cmdline, shareable) = match &self.config.boot {
             BootSource::Kernel(k) => {
                 let (entry, cmdline) =
                     boot::load_linux(mem, self.ram.size, vcpu_count, k, &self.virtio)?;
-                (entry, Some(cmdline))
+                let text = self.ram.offsets_of(&boot::read_only_text(&k.kernel));
+                (entry, Some(cmdline), text)
             }
-            BootSource::Payload(p) => (boot::load_payload(mem, vcpu_count, p)?, None),
+            BootSource::Payload(p) => (boot::load_payload(mem, vcpu_count, p)?, None, Vec::new()),
         };
         let supported = self.vm.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
@@ -717,10 +746,15 @@ impl VmmBuilder {
             vcpu.configure(&supported, vcpu_count, self.vm.has_irqchip(), boot_entry)?;
             vcpus.push(vcpu);
         }
-        Ok(self.into_vmm(vcpus, cmdline))
+        Ok(self.into_vmm(vcpus, cmdline, shareable))
     }
 
-    fn into_vmm(self, vcpus: Vec<Vcpu>, cmdline: Option<String>) -> Vmm {
+    fn into_vmm(
+        self,
+        vcpus: Vec<Vcpu>,
+        cmdline: Option<String>,
+        shareable: Vec<(u64, u64)>,
+    ) -> Vmm {
         Vmm {
             serial_input: self.config.serial_input,
             vm: self.vm,
@@ -734,6 +768,7 @@ impl VmmBuilder {
             workers: self.workers,
             transports: self.transports,
             restored: self.snapshot.is_some(),
+            shareable,
             loader: self.loader,
         }
     }
@@ -754,6 +789,9 @@ pub struct Vmm {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// Built from a snapshot.
     restored: bool,
+    /// What a snapshot of this VM lets restores share (memfd offsets):
+    /// the booted kernel's read-only segments.
+    shareable: Vec<(u64, u64)>,
     /// Loads restored guest RAM as it is touched; last, so that it stops
     /// after the devices.
     loader: Option<PageLoader>,
@@ -970,6 +1008,7 @@ impl RunningVm {
             vcpu_count: self.vcpu_count as u8,
             memory_bytes: self.vmm.ram.size,
             memory_index: stats.index.clone(),
+            shared: self.vmm.shareable.clone(),
             vm,
             vcpus,
             serial,

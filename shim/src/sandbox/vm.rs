@@ -308,6 +308,9 @@ impl VmBackend {
                 .arg(snapshot)
                 .arg("--restore-memory")
                 .arg(&self.cfg.template_memory);
+            if !self.cfg.template_share_text {
+                cmd.arg("--no-shared-text");
+            }
             if self.cfg.template_memory == "lazy" {
                 // The template's working set once a pod recorded one; until
                 // then this pod records it (see `container_created`).

@@ -27,6 +27,10 @@
 //! stretches). Single pages win on memory: a restored VM holds half the
 //! pages (PSS 6.0 MiB instead of 12.6 MiB in the `restore` bench).
 //!
+//! The template kernel's text is the exception: mapped privately from the
+//! image (the snapshot's `shared` ranges, see [`load`]), shared between
+//! VMs, never registered or copied.
+//!
 //! Guest RAM stays a shared memfd (vhost-user backends map it). Faults
 //! come only from the VMM's own mapping: the guest (through KVM) and the
 //! VMM's devices. A backend's mapping (virtiofsd's) does not report
@@ -44,12 +48,15 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::memory::{create_guest_ram, GuestRam, MemoryError};
+use super::memory::{
+    create_guest_ram, create_guest_ram_sharing, GuestRam, MemoryError, SharedMapError,
+};
 use super::memory_image::{self, ImageIndex, MemoryImageError, PAGE};
 use super::uffd::{Uffd, UffdError};
 use super::working_set::{self, WorkingSetError};
@@ -74,6 +81,9 @@ pub enum LazyRamError {
     /// Guest RAM cannot be created.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The shared ranges cannot be mapped from the image.
+    #[error(transparent)]
+    Shared(#[from] SharedMapError),
     /// The userfaultfd failed.
     #[error(transparent)]
     Uffd(#[from] UffdError),
@@ -136,7 +146,7 @@ struct Region {
 #[derive(Debug)]
 pub struct PageSource {
     uffd: Uffd,
-    image: File,
+    image: Arc<File>,
     path: PathBuf,
     index: ImageIndex,
     regions: Vec<Region>,
@@ -189,19 +199,39 @@ impl Burst {
 /// The data pages `prefetch` names (a working set: ascending data pages of
 /// `index`, checked by the caller) are loaded now, in runs, each page
 /// checked: the guest never faults on them.
+///
+/// The ranges `shared` (memfd offsets; the template kernel's text) are
+/// mapped privately from the image instead ([`create_guest_ram_sharing`]):
+/// their pages are the image's page cache, the same for every VM restored
+/// from it, never copied unless the guest writes one. Their data pages are
+/// checked against their digests now; they are neither registered with
+/// the userfaultfd nor prefetched.
 pub fn load(
     path: &Path,
     size: u64,
     index: ImageIndex,
     prefetch: &[u64],
+    shared: &[(u64, u64)],
 ) -> Result<(GuestRam, PageSource), LazyRamError> {
-    let image = memory_image::open(path, size, &index)?;
-    let ram = create_guest_ram(size)?;
-    let runs = page_runs(prefetch);
+    let image = Arc::new(memory_image::open(path, size, &index)?);
+    let ram = if shared.is_empty() {
+        create_guest_ram(size)?
+    } else {
+        let ram = create_guest_ram_sharing(size, &image, shared)?;
+        check_shared(&ram, path, &index)?;
+        ram
+    };
+    let in_shared = |p: u64| shared.iter().any(|&(s, l)| p >= s && p < s + l);
+    let prefetch: Vec<u64> = prefetch
+        .iter()
+        .copied()
+        .filter(|&p| !in_shared(p))
+        .collect();
+    let runs = page_runs(&prefetch);
     memory_image::load_runs(&image, path, &ram, &index, &runs)?;
     let uffd = Uffd::new()?;
     let mut regions = Vec::new();
-    for r in ram.mem.iter() {
+    for r in ram.mem.iter().filter(|r| !GuestRam::is_private(r)) {
         let host = r
             .get_host_address(MemoryRegionAddress(0))
             .map_err(|e| LazyRamError::HostAddress(e.to_string()))? as u64;
@@ -232,6 +262,35 @@ pub fn load(
         recorded: Vec::new(),
     };
     Ok((ram, source))
+}
+
+/// Check every data page of the privately mapped (shared) regions of
+/// `ram` against its digest, in place: the mapping is populated for
+/// reading in one call (the image's page cache mapped, nothing copied),
+/// then each page is hashed where it is.
+fn check_shared(ram: &GuestRam, path: &Path, index: &ImageIndex) -> Result<(), LazyRamError> {
+    for r in ram.mem.iter().filter(|r| GuestRam::is_private(r)) {
+        let base = r.file_offset().map(|f| f.start()).unwrap_or(0);
+        let host = r.as_ptr();
+        // SAFETY: advice on the region's own live mapping; a read
+        // populate does not change its contents (nor copy a page). A
+        // kernel without MADV_POPULATE_READ refuses it: the reads below
+        // fault the pages in instead.
+        unsafe {
+            libc::madvise(host.cast(), r.len() as usize, libc::MADV_POPULATE_READ);
+        }
+        for at in (0..r.len()).step_by(PAGE) {
+            if !index.is_data(base + at) {
+                continue;
+            }
+            // SAFETY: `at + PAGE` is inside the region's mapping, which
+            // lives as long as `ram`; nothing writes it before the guest
+            // runs, and the guest runs only after this returns.
+            let page = unsafe { std::slice::from_raw_parts(host.add(at as usize), PAGE) };
+            index.check(path, base + at, page)?;
+        }
+    }
+    Ok(())
 }
 
 /// Ascending page offsets as runs of contiguous pages (offset, bytes).
@@ -519,7 +578,7 @@ mod tests {
         let path = dir.path().join("memory");
         let image = memory_image::save(&saved, &path).unwrap();
 
-        let (ram, source) = load(&path, 8 << 20, image.index, &[]).unwrap();
+        let (ram, source) = load(&path, 8 << 20, image.index, &[], &[]).unwrap();
         assert_eq!(source.data_pages(), 3);
         assert_eq!(allocated_pages(&ram), 0, "loaded before being touched");
         let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -565,13 +624,13 @@ mod tests {
         let image = memory_image::save(&saved, &path).unwrap();
         // An image of another size is refused before guest RAM exists.
         assert!(matches!(
-            load(&path, 8 << 20, image.index.clone(), &[]),
+            load(&path, 8 << 20, image.index.clone(), &[], &[]),
             Err(LazyRamError::Image(MemoryImageError::SizeMismatch { .. }))
         ));
         // One changed byte: nothing reads it until the guest touches it.
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&[8u8], 0x2000).unwrap();
-        let (ram, source) = load(&path, 4 << 20, image.index, &[]).unwrap();
+        let (ram, source) = load(&path, 4 << 20, image.index, &[], &[]).unwrap();
         let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let stop2 = stop.try_clone().unwrap();
         let loader = std::thread::spawn(move || source.serve(&stop2));
@@ -616,7 +675,7 @@ mod tests {
     fn a_working_set_is_loaded_before_the_guest_runs_and_never_faults() {
         let dir = tempfile::tempdir().unwrap();
         let (path, index) = three_pages(dir.path());
-        let (ram, source) = load(&path, 8 << 20, index, &[0x1000, 0x2000]).unwrap();
+        let (ram, source) = load(&path, 8 << 20, index, &[0x1000, 0x2000], &[]).unwrap();
         assert_eq!(source.prefetched(), 2);
         assert_eq!(allocated_pages(&ram), 2, "the working set is not loaded");
         let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -640,7 +699,7 @@ mod tests {
         let (path, index) = three_pages(dir.path());
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&[0x99u8], 0x2000).unwrap();
-        let err = load(&path, 8 << 20, index, &[0x1000, 0x2000]).unwrap_err();
+        let err = load(&path, 8 << 20, index, &[0x1000, 0x2000], &[]).unwrap_err();
         assert!(
             matches!(
                 &err,
@@ -654,7 +713,7 @@ mod tests {
     fn the_recorder_writes_the_pages_loaded_before_its_signal_only() {
         let dir = tempfile::tempdir().unwrap();
         let (path, index) = three_pages(dir.path());
-        let (ram, mut source) = load(&path, 8 << 20, index, &[]).unwrap();
+        let (ram, mut source) = load(&path, 8 << 20, index, &[], &[]).unwrap();
         let ws = dir.path().join("working-set");
         let signal = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let fd = signal.try_clone().unwrap();
@@ -683,5 +742,94 @@ mod tests {
         stop.write(1).unwrap();
         loader.join().unwrap().unwrap();
         assert_eq!(working_set::read(&ws).unwrap(), vec![0x2000]);
+    }
+
+    #[test]
+    fn shared_pages_are_the_images_own_and_a_guest_write_stays_in_its_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = create_guest_ram(8 << 20).unwrap();
+        saved
+            .mem
+            .write_obj(0x11u8, GuestAddress(0x10_0000))
+            .unwrap();
+        saved
+            .mem
+            .write_obj(0x22u8, GuestAddress(0x10_1000))
+            .unwrap();
+        saved
+            .mem
+            .write_obj(0x33u8, GuestAddress(0x70_0000))
+            .unwrap();
+        let path = dir.path().join("memory");
+        let index = memory_image::save(&saved, &path).unwrap().index;
+        let before = std::fs::read(&path).unwrap();
+        // The working set names a shared page too: not copied.
+        let (ram, source) = load(
+            &path,
+            8 << 20,
+            index.clone(),
+            &[0x10_0000, 0x70_0000],
+            &[(0x10_0000, 0x2000)],
+        )
+        .unwrap();
+        assert_eq!(ram.mem.num_regions(), 3);
+        assert_eq!(allocated_pages(&ram), 1, "only the unshared page is copied");
+        // No loader runs: shared pages are there without a fault.
+        assert_eq!(
+            ram.mem.read_obj::<u8>(GuestAddress(0x10_1000)).unwrap(),
+            0x22
+        );
+        ram.mem.write_obj(0x99u8, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(
+            ram.mem.read_obj::<u8>(GuestAddress(0x10_0000)).unwrap(),
+            0x99
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the guest wrote the image"
+        );
+        // A second VM from the same image sees the saved byte.
+        let (other, _s2) = load(&path, 8 << 20, index, &[], &[(0x10_0000, 0x2000)]).unwrap();
+        assert_eq!(
+            other.mem.read_obj::<u8>(GuestAddress(0x10_0000)).unwrap(),
+            0x11
+        );
+        // virtio-fs gets the memfd for every region, the shared ones too.
+        let table = crate::devices::virtio::fs::backend::memory_regions(&ram.mem).unwrap();
+        assert_eq!(table.len(), 3);
+        for (i, r) in table.iter().enumerate() {
+            assert_eq!(r.mmap_handle, ram.memfd.as_raw_fd(), "region {i}");
+            assert_eq!(r.mmap_offset, r.guest_phys_addr, "region {i}");
+        }
+        drop(source);
+    }
+
+    #[test]
+    fn a_corrupt_shared_page_fails_the_load_and_bad_ranges_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, index) = three_pages(dir.path());
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0x98u8], 0x2000).unwrap();
+        let err = load(&path, 8 << 20, index.clone(), &[], &[(0x1000, 0x2000)]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                LazyRamError::Image(MemoryImageError::PageDigest { offset: 0x2000, .. })
+            ),
+            "{err}"
+        );
+        // The VMM ends with its snapshot-memory exit code for it.
+        assert!(crate::VmmError::from(err).is_corrupt_memory());
+        for bad in [
+            vec![(0x1001, 0x1000)],
+            vec![(0x1000, 0)],
+            vec![(0x3000, 0x1000), (0x1000, 0x1000)],
+            vec![(0x7f_f000, 0x2000)],
+        ] {
+            let err = load(&path, 8 << 20, index.clone(), &[], &bad).unwrap_err();
+            assert!(matches!(err, LazyRamError::Shared(_)), "{bad:x?}: {err}");
+            assert!(!crate::VmmError::from(err).is_corrupt_memory());
+        }
     }
 }

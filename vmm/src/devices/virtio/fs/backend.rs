@@ -21,6 +21,8 @@ use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+
+use crate::vstate::memory::GuestRam;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
@@ -95,15 +97,38 @@ pub fn check_queue_num(backend: Option<u64>, total_queues: usize) -> Result<(), 
     }
 }
 
-/// The memory table: one entry per guest RAM region, each backed by the memfd.
+/// The memory table: one entry per guest RAM region, each backed by the
+/// memfd. A region that privately maps a template's memory image (its
+/// kernel text, shared between VMs: `vstate::memory`) is given to the
+/// backend as the memfd's pages at the same offset, never the image: a
+/// backend maps what it gets shared and writable, and the guest never
+/// queues a buffer in its kernel's text.
 pub fn memory_regions(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo>, FsError> {
     if mem.num_regions() > vhost::vhost_user::message::MAX_ATTACHED_FD_ENTRIES {
         return Err(FsError::TooManyRegions(mem.num_regions()));
     }
+    let memfd = mem
+        .iter()
+        .find(|r| !GuestRam::is_private(r))
+        .and_then(|r| r.file_offset().map(|f| f.arc().clone()));
     mem.iter()
         .map(|region| {
-            VhostUserMemoryRegionInfo::from_guest_region(region)
-                .map_err(|_| FsError::MemoryNotShared(region.start_addr().0))
+            let not_shared = || FsError::MemoryNotShared(region.start_addr().0);
+            if !GuestRam::is_private(region) {
+                return VhostUserMemoryRegionInfo::from_guest_region(region)
+                    .map_err(|_| not_shared());
+            }
+            let (memfd, offset) = memfd
+                .as_ref()
+                .zip(region.file_offset().map(|f| f.start()))
+                .ok_or_else(not_shared)?;
+            Ok(VhostUserMemoryRegionInfo {
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                mmap_offset: offset,
+                mmap_handle: std::os::fd::AsRawFd::as_raw_fd(memfd.as_ref()),
+            })
         })
         .collect()
 }
