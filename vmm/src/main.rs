@@ -392,13 +392,7 @@ fn recorder(
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .with_context(|| format!("cannot create the working set {}", path.display()))?;
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t we own.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGUSR2);
-    }
+    let set = sigusr2_set();
     // SAFETY: a new signalfd for the set above; the result is checked.
     let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
     if fd < 0 {
@@ -417,13 +411,20 @@ fn recorder(
 /// --record-working-set it is read from a signalfd (the page loader's),
 /// and no other thread is interrupted by it.
 fn block_sigusr2() {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let set = sigusr2_set();
     // SAFETY: `set` is a valid sigset_t; the old mask is not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// The signal set holding SIGUSR2 alone.
+fn sigusr2_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before
+    // sigaddset, both on a set we own.
     unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGUSR2);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
     }
 }
 

@@ -657,20 +657,22 @@ mod tests {
         assert!(err.to_string().contains("is corrupt"), "{err}");
     }
 
-    /// Saved RAM with data at 0x1000, 0x2000 (a run) and 0x70_0000.
-    fn three_pages(dir: &Path) -> (PathBuf, ImageIndex) {
+    /// The memory image of 8 MiB of RAM holding these bytes (address,
+    /// value), saved in `dir`, and its index.
+    fn image_with(dir: &Path, bytes: &[(u64, u8)]) -> (PathBuf, ImageIndex) {
         let saved = create_guest_ram(8 << 20).unwrap();
-        saved.mem.write_obj(0x11u8, GuestAddress(0x1000)).unwrap();
-        saved.mem.write_obj(0x22u8, GuestAddress(0x2000)).unwrap();
-        saved
-            .mem
-            .write_obj(0x33u8, GuestAddress(0x70_0000))
-            .unwrap();
+        for &(addr, value) in bytes {
+            saved.mem.write_obj(value, GuestAddress(addr)).unwrap();
+        }
         let path = dir.join("memory");
         let image = memory_image::save(&saved, &path).unwrap();
         (path, image.index)
     }
 
+    /// Saved RAM with data at 0x1000, 0x2000 (a run) and 0x70_0000.
+    fn three_pages(dir: &Path) -> (PathBuf, ImageIndex) {
+        image_with(dir, &[(0x1000, 0x11), (0x2000, 0x22), (0x70_0000, 0x33)])
+    }
     #[test]
     fn a_working_set_is_loaded_before_the_guest_runs_and_never_faults() {
         let dir = tempfile::tempdir().unwrap();
@@ -747,21 +749,10 @@ mod tests {
     #[test]
     fn shared_pages_are_the_images_own_and_a_guest_write_stays_in_its_vm() {
         let dir = tempfile::tempdir().unwrap();
-        let saved = create_guest_ram(8 << 20).unwrap();
-        saved
-            .mem
-            .write_obj(0x11u8, GuestAddress(0x10_0000))
-            .unwrap();
-        saved
-            .mem
-            .write_obj(0x22u8, GuestAddress(0x10_1000))
-            .unwrap();
-        saved
-            .mem
-            .write_obj(0x33u8, GuestAddress(0x70_0000))
-            .unwrap();
-        let path = dir.path().join("memory");
-        let index = memory_image::save(&saved, &path).unwrap().index;
+        let (path, index) = image_with(
+            dir.path(),
+            &[(0x10_0000, 0x11), (0x10_1000, 0x22), (0x70_0000, 0x33)],
+        );
         let before = std::fs::read(&path).unwrap();
         // The working set names a shared page too: not copied.
         let (ram, source) = load(
