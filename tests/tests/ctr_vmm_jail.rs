@@ -1,8 +1,9 @@
 //! The VMM jail and its seccomp filters, end to end through `ctr`: what
 //! `/proc` shows of a running pod's VMM, what one pod's VMM can reach of
 //! another's, the clear error when a VMM is killed by `SIGSYS` (a
-//! privileged container fires the debug build's console trigger), and an
-//! audit-mode run whose only off-list system call is that trigger's.
+//! privileged container fires the debug build's console trigger), an
+//! audit-mode run whose only off-list system call is that trigger's, and
+//! the clear error when the VMM's virtiofsd cannot start.
 #![cfg(feature = "e2e")]
 
 #[macro_use]
@@ -305,4 +306,35 @@ fn ctr_audit_mode_finds_no_call_outside_the_lists_but_the_trigger() {
     );
     let _ = std::fs::remove_dir_all(&vol);
     c.assert_clean();
+}
+
+/// virtiofsd and the VMM start side by side (the shim binds virtiofsd's
+/// socket and hands it over with `--fd`; the VMM's connection waits in
+/// its backlog): a virtiofsd that cannot start (here: an option it does
+/// not know) fails `ctr run` with virtiofsd's own words, not only the
+/// VMM's failure to reach it, and leaves nothing behind.
+#[test]
+fn ctr_a_virtiofsd_that_cannot_start_fails_the_run_with_its_own_words() {
+    require_supported_vmm!();
+    let pods = Pods::shared(&["vfsd-bad"]);
+    let c = common::shared();
+    let base = std::fs::read_to_string(c.dir.join("cocoon.toml")).unwrap();
+    let cfg = c.dir.join("cocoon-bad-virtiofsd.toml");
+    std::fs::write(
+        &cfg,
+        format!("{base}template = false\nvirtiofsd_args = [\"--no-such-option\"]\n"),
+    )
+    .unwrap();
+    let (rc, _, err) = pods.run(
+        "vfsd-bad",
+        &["--runtime-config-path", cfg.to_str().unwrap()],
+        &["true"],
+    );
+    assert_ne!(rc, 0, "the run succeeded without a virtiofsd");
+    assert!(
+        err.contains("virtiofsd exited before it was ready") && err.contains("--no-such-option"),
+        "{err}\n{}",
+        pods.log()
+    );
+    pods.assert_clean();
 }

@@ -43,6 +43,10 @@ const CONSOLE_TAIL: usize = 20;
 const STDERR_LIMIT: u64 = 64 << 10;
 /// How long teardown waits for a pod cgroup to empty after `cgroup.kill`.
 const KILL_LIMIT: Duration = Duration::from_secs(10);
+/// Between connections to a starting VM's agent: a refused one costs
+/// little (the VMM's socket is not there yet, or its guest answers with a
+/// reset), a late answer costs the whole wait.
+const AGENT_POLL: Duration = Duration::from_millis(10);
 
 pub struct VmBackend {
     cfg: Config,
@@ -59,6 +63,8 @@ pub struct VmBackend {
     port_forward: Option<PortForwarder>,
     cgroup: Option<PodCgroup>,
     virtiofsd: Option<Supervised>,
+    /// virtiofsd's output is all in its log once this fires.
+    virtiofsd_drained: Option<Drained>,
     vmm: Option<Supervised>,
     /// The jailed VMM's uid (`vmm_jail`).
     uid: Option<u32>,
@@ -82,7 +88,7 @@ pub struct VmBackend {
 struct StartTiming {
     /// Cgroup, jail, network and the template (built or found).
     prepare: Duration,
-    /// virtiofsd's start until its socket exists.
+    /// Spawning virtiofsd (it comes up while the VMM starts).
     virtiofsd: Duration,
     /// When the VMM was spawned.
     vmm_spawned: Option<std::time::Instant>,
@@ -145,6 +151,7 @@ impl VmBackend {
             port_forward: None,
             cgroup: None,
             virtiofsd: None,
+            virtiofsd_drained: None,
             vmm: None,
             uid: None,
             restore_from: None,
@@ -195,12 +202,37 @@ impl VmBackend {
         Ok(())
     }
 
-    async fn start_virtiofsd(&mut self) -> Result<(), SandboxError> {
+    /// Start virtiofsd on a listening socket the shim binds and hands it
+    /// (`--fd`): the VMM can connect at once, its connection waits in the
+    /// backlog until virtiofsd is up, so the two start side by side. A
+    /// virtiofsd that dies is reported with its own words when the VMM
+    /// fails to reach it ([`VmBackend::virtiofsd_failure`]).
+    fn start_virtiofsd(&mut self) -> Result<(), SandboxError> {
         let sock = self.pod.virtiofsd_socket();
+        // A failed start's (the pod then boots instead of restoring).
+        let _ = std::fs::remove_file(&sock);
+        let listener =
+            std::os::unix::net::UnixListener::bind(&sock).map_err(|source| SandboxError::Io {
+                what: format!("binding virtiofsd's socket {}", sock.display()),
+                source,
+            })?;
+        // Root's alone: the VMM connects before it jails itself.
+        std::fs::set_permissions(
+            &sock,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )
+        .map_err(|source| SandboxError::Io {
+            what: format!("chmod {}", sock.display()),
+            source,
+        })?;
         let log = bounded_output(&self.pod.virtiofsd_log(), self.cfg.vmm_log_limit_bytes)?;
         let mut cmd = Command::new(&self.cfg.virtiofsd);
-        cmd.arg("--socket-path")
-            .arg(&sock)
+        let fd = super::process::inherit_fd(
+            &mut cmd,
+            std::sync::Arc::new(std::os::fd::OwnedFd::from(listener)),
+        );
+        cmd.arg("--fd")
+            .arg(fd.to_string())
             .arg("--shared-dir")
             .arg(self.pod.shared())
             .args(&self.cfg.virtiofsd_args)
@@ -209,25 +241,22 @@ impl VmBackend {
             .stderr(log.stderr);
         self.join_cgroup(&mut cmd)?;
         let p = Supervised::spawn("virtiofsd", cmd, &self.pod.pid_file("virtiofsd"))?;
-        let mut drained = log.drained;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            if let Some(status) = p.exit_status() {
-                // All it printed, for the message.
-                let _ = tokio::time::timeout(DRAIN_WAIT, &mut drained).await;
-                return Err(SandboxError::EarlyExit {
-                    what: "virtiofsd".into(),
-                    status: format!("{status}: {}", log_tail(&self.pod.virtiofsd_log()).trim()),
-                });
-            }
-            if tokio::time::Instant::now() >= deadline {
-                p.stop(Duration::from_secs(1)).await;
-                return Err(SandboxError::Timeout("virtiofsd's socket".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         self.virtiofsd = Some(p);
+        self.virtiofsd_drained = Some(log.drained);
         Ok(())
+    }
+
+    /// If virtiofsd has exited: the error naming its status and last
+    /// words (all it printed is in its log once its output is drained).
+    async fn virtiofsd_failure(&mut self) -> Option<SandboxError> {
+        let status = self.virtiofsd.as_ref()?.exit_status()?;
+        if let Some(drained) = self.virtiofsd_drained.take() {
+            let _ = tokio::time::timeout(DRAIN_WAIT, drained).await;
+        }
+        Some(SandboxError::EarlyExit {
+            what: "virtiofsd".into(),
+            status: format!("{status}: {}", log_tail(&self.pod.virtiofsd_log()).trim()),
+        })
     }
 
     /// The VMM's command line, and the signal that its stderr is all in
@@ -388,7 +417,7 @@ impl VmBackend {
         }
         let virtiofsd = std::time::Instant::now();
         self.timing.prepare = began.elapsed();
-        self.start_virtiofsd().await?;
+        self.start_virtiofsd()?;
         self.timing.virtiofsd = virtiofsd.elapsed();
         let (cmd, drained, recording) = self.vmm_command()?;
         self.recording = recording;
@@ -451,7 +480,8 @@ impl VmBackend {
         }
     }
 
-    /// Retries `CONNECT 1024` until the agent answers a Check.
+    /// Retries `CONNECT 1024` every [`AGENT_POLL`] until the agent
+    /// answers a Check.
     async fn wait_for_agent(&mut self, control: &Address) -> Result<(), SandboxError> {
         let secs = self.cfg.agent_timeout_secs;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -460,6 +490,10 @@ impl VmBackend {
         loop {
             if let Some(status) = vmm.exit_status() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                // The VMM could not reach a virtiofsd that died: its words.
+                if let Some(e) = self.virtiofsd_failure().await {
+                    return Err(e);
+                }
                 let stderr = log_tail(&self.pod.vmm_stderr());
                 return Err(SandboxError::EarlyExit {
                     what: format!(
@@ -490,7 +524,7 @@ impl VmBackend {
                     console: self.pod.console_tail(CONSOLE_TAIL),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(AGENT_POLL).await;
         }
     }
 }
