@@ -96,7 +96,8 @@ pub struct Config {
     /// whole memory image copied before the guest runs: no faults later).
     pub template_memory: String,
     /// With lazy template memory: every restored VM maps the template
-    /// kernel's text from the template's memory image (one copy in the
+    /// kernel's text and the pages of its agent binary (the initrd's
+    /// files) from the template's memory image (one copy in the
     /// host's page cache for all pods of the template, never copied)
     /// instead of copying it into its own RAM. Off: each VM copies what it
     /// touches (no physical page shared between tenants' guests; see the

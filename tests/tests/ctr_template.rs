@@ -92,9 +92,35 @@ fn pods_restored_from_one_template_run_and_draw_different_random_numbers() {
         seen[0], seen[1],
         "two restored pods drew the same random bytes"
     );
+    // The template shares the pages holding the agent (the initrd's one
+    // file) besides the kernel's text: every page of it the guest holds
+    // is in the state file's shared ranges of the memory image.
+    let snapshot = templates(&dir)[0].join("snapshot");
+    let state = cocoon_vmm::snapshot::read_state(&snapshot).unwrap();
+    let cpio = std::fs::read(std::env::var("COCOON_AGENT_INITRD").unwrap()).unwrap();
+    let blocks = cocoon_vmm::vstate::initrd_pages::file_blocks(&cpio);
+    let image = std::fs::File::open(snapshot.join("memory")).unwrap();
+    let mut covered = std::collections::HashSet::new();
+    let mut page = vec![0u8; 4096];
+    for &(start, len) in &state.shared {
+        for at in (start..start + len).step_by(4096) {
+            std::os::unix::fs::FileExt::read_exact_at(&image, &mut page, at).unwrap();
+            let h = cocoon_vmm::vstate::initrd_pages::page_hash(&page);
+            if blocks.contains(&h) {
+                covered.insert(h);
+            }
+        }
+    }
+    assert!(
+        blocks.len() > 100 && covered.len() * 10 >= blocks.len() * 9,
+        "{} of the agent's {} pages are shared ({:x?})",
+        covered.len(),
+        blocks.len(),
+        state.shared
+    );
     // Two restored pods side by side: both VMMs map the template's memory
-    // image (its kernel text) and share its clean pages: one copy in the
-    // page cache, not one per pod.
+    // image (its kernel text, the agent) and share its clean pages: one
+    // copy in the page cache, not one per pod.
     let image = templates(&dir)[0].join("snapshot/memory");
     let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&image).unwrap());
     for id in ["tpl-c", "tpl-d"] {

@@ -161,7 +161,8 @@ struct Args {
         conflicts_with = "working_set"
     )]
     record_working_set: Option<PathBuf>,
-    /// With --restore (lazy): copy the template kernel's text into this
+    /// With --restore (lazy): copy the template kernel's text and the
+    /// pages of its initrd's files (the snapshot's shared ranges) into this
     /// VM's RAM like any other page instead of mapping it privately from
     /// the memory image (where every VM restored from the image shares
     /// its page cache until it writes a page).

@@ -31,6 +31,7 @@ use crate::kvm_probe::{self, KvmFlavor};
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::snapshot::{self, SnapshotError, VmSnapshot};
 use crate::threads::{self, ThreadError};
+use crate::vstate::initrd_pages;
 use crate::vstate::lazy_ram::{self, LazyRamError, PageSource};
 use crate::vstate::memory::{create_guest_ram, GuestRam, MemoryError};
 use crate::vstate::memory_image::{self, ImageStats, MemoryImageError};
@@ -726,7 +727,7 @@ impl VmmBuilder {
             }
             // Last, so the guest's clock resumes from where it paused.
             snapshot.vm.restore(self.vm.fd(), self.vm.has_irqchip())?;
-            return Ok(self.into_vmm(vcpus, None, Vec::new()));
+            return Ok(self.into_vmm(vcpus, None, Vec::new(), None));
         }
         let mem = &self.ram.mem;
         let (entry, cmdline, shareable) = match &self.config.boot {
@@ -746,7 +747,11 @@ impl VmmBuilder {
             vcpu.configure(&supported, vcpu_count, self.vm.has_irqchip(), boot_entry)?;
             vcpus.push(vcpu);
         }
-        Ok(self.into_vmm(vcpus, cmdline, shareable))
+        let initrd = match &self.config.boot {
+            BootSource::Kernel(k) => k.initrd.clone(),
+            BootSource::Payload(_) => None,
+        };
+        Ok(self.into_vmm(vcpus, cmdline, shareable, initrd))
     }
 
     fn into_vmm(
@@ -754,6 +759,7 @@ impl VmmBuilder {
         vcpus: Vec<Vcpu>,
         cmdline: Option<String>,
         shareable: Vec<(u64, u64)>,
+        initrd: Option<PathBuf>,
     ) -> Vmm {
         Vmm {
             serial_input: self.config.serial_input,
@@ -769,6 +775,7 @@ impl VmmBuilder {
             transports: self.transports,
             restored: self.snapshot.is_some(),
             shareable,
+            initrd,
             loader: self.loader,
         }
     }
@@ -792,6 +799,9 @@ pub struct Vmm {
     /// What a snapshot of this VM lets restores share (memfd offsets):
     /// the booted kernel's read-only segments.
     shareable: Vec<(u64, u64)>,
+    /// The booted initrd: a snapshot also shares the pages holding its
+    /// files ([`initrd_pages`]).
+    initrd: Option<PathBuf>,
     /// Loads restored guest RAM as it is touched; last, so that it stops
     /// after the devices.
     loader: Option<PageLoader>,
@@ -1003,12 +1013,27 @@ impl RunningVm {
             .snapshot();
         // The state (with the image's digest) is written last.
         let stats = memory_image::save(&self.vmm.ram, &dir.join(snapshot::MEMORY_FILE))?;
+        let mut shared = self.vmm.shareable.clone();
+        if let Some(initrd) = &self.vmm.initrd {
+            match initrd_pages::find(initrd, &self.vmm.ram, &stats.index) {
+                Ok(files) => {
+                    tracing::info!(
+                        pages = files.iter().map(|r| r.1).sum::<u64>() / memory_image::PAGE as u64,
+                        ranges = files.len(),
+                        "the snapshot shares the pages of the initrd's files"
+                    );
+                    shared = initrd_pages::merge(&shared, &files);
+                }
+                // Restores then copy those pages like any other.
+                Err(e) => tracing::warn!("the initrd's pages are not shared: {e}"),
+            }
+        }
         let state = VmSnapshot {
             vmm_version: env!("CARGO_PKG_VERSION").to_string(),
             vcpu_count: self.vcpu_count as u8,
             memory_bytes: self.vmm.ram.size,
             memory_index: stats.index.clone(),
-            shared: self.vmm.shareable.clone(),
+            shared,
             vm,
             vcpus,
             serial,

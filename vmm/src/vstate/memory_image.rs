@@ -156,6 +156,11 @@ impl ImageIndex {
         self.pages.binary_search(&(offset / PAGE as u64)).ok()
     }
 
+    /// The memfd offsets of the data pages, ascending.
+    pub fn offsets(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pages.iter().map(|p| p * PAGE as u64)
+    }
+
     /// Whether the page at memfd offset `offset` holds data.
     pub fn is_data(&self, offset: u64) -> bool {
         self.position(offset).is_some()

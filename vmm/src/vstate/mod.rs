@@ -1,5 +1,6 @@
 //! VM state: guest memory, the KVM VM and its vCPUs.
 
+pub mod initrd_pages;
 pub mod lazy_ram;
 pub mod memory;
 pub mod memory_image;
