@@ -730,14 +730,19 @@ impl VmmBuilder {
             return Ok(self.into_vmm(vcpus, None, Vec::new(), None));
         }
         let mem = &self.ram.mem;
-        let (entry, cmdline, shareable) = match &self.config.boot {
+        let (entry, cmdline, shareable, initrd) = match &self.config.boot {
             BootSource::Kernel(k) => {
                 let (entry, cmdline) =
                     boot::load_linux(mem, self.ram.size, vcpu_count, k, &self.virtio)?;
                 let text = self.ram.offsets_of(&boot::read_only_text(&k.kernel));
-                (entry, Some(cmdline), text)
+                (entry, Some(cmdline), text, k.initrd.clone())
             }
-            BootSource::Payload(p) => (boot::load_payload(mem, vcpu_count, p)?, None, Vec::new()),
+            BootSource::Payload(p) => (
+                boot::load_payload(mem, vcpu_count, p)?,
+                None,
+                Vec::new(),
+                None,
+            ),
         };
         let supported = self.vm.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
@@ -747,10 +752,6 @@ impl VmmBuilder {
             vcpu.configure(&supported, vcpu_count, self.vm.has_irqchip(), boot_entry)?;
             vcpus.push(vcpu);
         }
-        let initrd = match &self.config.boot {
-            BootSource::Kernel(k) => k.initrd.clone(),
-            BootSource::Payload(_) => None,
-        };
         Ok(self.into_vmm(vcpus, cmdline, shareable, initrd))
     }
 

@@ -1,6 +1,7 @@
 //! The VM backend: virtiofsd on the pod's share dir, `cocoon-vmm` with the
 //! agent initrd, hybrid vsock to reach the agent.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -217,14 +218,12 @@ impl VmBackend {
                 source,
             })?;
         // Root's alone: the VMM connects before it jails itself.
-        std::fs::set_permissions(
-            &sock,
-            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
-        )
-        .map_err(|source| SandboxError::Io {
-            what: format!("chmod {}", sock.display()),
-            source,
-        })?;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| SandboxError::Io {
+                what: format!("chmod {}", sock.display()),
+                source,
+            },
+        )?;
         let log = bounded_output(&self.pod.virtiofsd_log(), self.cfg.vmm_log_limit_bytes)?;
         let mut cmd = Command::new(&self.cfg.virtiofsd);
         let fd = super::process::inherit_fd(

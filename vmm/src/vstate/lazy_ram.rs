@@ -628,8 +628,7 @@ mod tests {
             Err(LazyRamError::Image(MemoryImageError::SizeMismatch { .. }))
         ));
         // One changed byte: nothing reads it until the guest touches it.
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&[8u8], 0x2000).unwrap();
+        overwrite(&path, 0x2000, 8u8);
         let (ram, source) = load(&path, 4 << 20, image.index, &[], &[]).unwrap();
         let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let stop2 = stop.try_clone().unwrap();
@@ -669,6 +668,13 @@ mod tests {
         (path, image.index)
     }
 
+    /// Write `byte` at `offset` of the memory image at `path` (corrupting
+    /// the page there).
+    fn overwrite(path: &Path, offset: u64, byte: u8) {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(&[byte], offset).unwrap();
+    }
+
     /// Saved RAM with data at 0x1000, 0x2000 (a run) and 0x70_0000.
     fn three_pages(dir: &Path) -> (PathBuf, ImageIndex) {
         image_with(dir, &[(0x1000, 0x11), (0x2000, 0x22), (0x70_0000, 0x33)])
@@ -699,8 +705,7 @@ mod tests {
     fn a_corrupt_page_of_the_working_set_fails_the_load() {
         let dir = tempfile::tempdir().unwrap();
         let (path, index) = three_pages(dir.path());
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&[0x99u8], 0x2000).unwrap();
+        overwrite(&path, 0x2000, 0x99u8);
         let err = load(&path, 8 << 20, index, &[0x1000, 0x2000], &[]).unwrap_err();
         assert!(
             matches!(
@@ -800,8 +805,7 @@ mod tests {
     fn a_corrupt_shared_page_fails_the_load_and_bad_ranges_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (path, index) = three_pages(dir.path());
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&[0x98u8], 0x2000).unwrap();
+        overwrite(&path, 0x2000, 0x98u8);
         let err = load(&path, 8 << 20, index.clone(), &[], &[(0x1000, 0x2000)]).unwrap_err();
         assert!(
             matches!(
