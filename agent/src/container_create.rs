@@ -90,7 +90,7 @@ pub async fn create_container(
     });
     state.oom.watch(id, &cgroup_path);
     lock(&state.containers).insert(id.to_string(), container.clone());
-    tracing::info!(id, pid, "container created");
+    tracing::debug!(id, pid, "container created");
     Ok(container)
 }
 

@@ -47,7 +47,7 @@ pub async fn remove_container(
     }
     let _ = std::fs::remove_dir_all(&c.bundle);
     lock(&state.containers).remove(id);
-    tracing::info!(id, "container removed");
+    tracing::debug!(id, "container removed");
     Ok(())
 }
 

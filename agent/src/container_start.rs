@@ -46,7 +46,7 @@ pub async fn start_container(state: &Arc<AgentState>, id: &str) -> Result<i32, C
         c.started.store(false, Ordering::SeqCst);
         return Err(e);
     }
-    tracing::info!(id, pid = c.init.pid, "container started");
+    tracing::debug!(id, pid = c.init.pid, "container started");
     Ok(c.init.pid)
 }
 
@@ -136,6 +136,6 @@ pub async fn exec_process(
     }
     let p = Process::new(exec_id, pid, setup.slots, exited);
     lock(&c.execs).insert(exec_id.to_string(), p);
-    tracing::info!(id, exec_id, pid, "exec started");
+    tracing::debug!(id, exec_id, pid, "exec started");
     Ok(pid)
 }

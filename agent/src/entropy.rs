@@ -107,7 +107,7 @@ pub fn reseed(entropy: &[u8]) -> Result<(), EntropyError> {
         }
         Err(e) => return Err(EntropyError::Reseed(e)),
     }
-    tracing::info!(
+    tracing::debug!(
         bytes = entropy.len(),
         "guest RNG reseeded from host entropy"
     );

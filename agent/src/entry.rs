@@ -36,6 +36,16 @@ pub fn agent_main() -> ! {
             pid1::power_off();
         }
     }
+    // While this process has one thread: after the guest setup (the
+    // server shares its root and mounts), before the runtime's threads.
+    match crate::forkserver::ForkServer::start(helper::helper_main) {
+        Ok(server) => {
+            let _ = helper::FORK_SERVER.set(server);
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error_code::chain(&e), "no fork server: helpers re-execute the agent");
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

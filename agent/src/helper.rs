@@ -15,11 +15,14 @@
 //! prints the error and exits with a class code (see [`HelperFailure`]).
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Instant;
+
+use crate::forkserver::{ForkServer, ForkServerError};
 
 use crate::reaper::Reaper;
 
@@ -41,6 +44,8 @@ pub enum HelperFailure {
 pub enum HelperError {
     #[error("starting the libcontainer helper")]
     Spawn(#[source] std::io::Error),
+    #[error("starting the libcontainer helper through the fork server")]
+    ForkServer(#[source] ForkServerError),
     #[error("helper log file")]
     Log(#[source] std::io::Error),
     #[error("the helper was lost before it exited")]
@@ -76,58 +81,55 @@ pub struct HelperRequest<'a> {
 /// Runs the helper and returns the new process's pid and the instant
 /// before it was spawned (for [`Reaper::watch`]).
 pub async fn run(reaper: &Reaper, req: HelperRequest<'_>) -> Result<(i32, Instant), HelperError> {
-    let exe = std::env::current_exe().map_err(HelperError::Spawn)?;
     let tag = format!("{}-{}", std::process::id(), unique());
     let out_path = req.work_dir.join(format!("helper-{tag}.out"));
     let err_path = req.work_dir.join(format!("helper-{tag}.err"));
     let out = File::create(&out_path).map_err(HelperError::Log)?;
     let err = File::create(&err_path).map_err(HelperError::Log)?;
 
-    let mut cmd = Command::new(exe);
-    cmd.arg("__helper");
+    let mut args = vec!["__helper".to_string()];
     match req.op {
-        HelperOp::Create { bundle } => cmd.arg("create").arg(bundle),
-        HelperOp::Exec { process_json } => cmd.arg("exec").arg(process_json),
+        HelperOp::Create { bundle } => args.extend(["create".into(), path_arg(bundle)?]),
+        HelperOp::Exec { process_json } => args.extend(["exec".into(), path_arg(process_json)?]),
     };
-    cmd.arg(req.root).arg(req.container_id);
+    args.push(path_arg(req.root)?);
+    args.push(req.container_id.to_string());
     if let Some(c) = req.console_socket {
-        cmd.arg(c);
-    }
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    cmd.env_remove("RUST_LOG");
-    let fds = [
-        req.stdio[0].as_raw_fd(),
-        req.stdio[1].as_raw_fd(),
-        req.stdio[2].as_raw_fd(),
-    ];
-    // SAFETY: the closure runs between fork and exec and only calls fcntl
-    // and dup2, which are async-signal-safe; it touches no allocator state.
-    unsafe {
-        cmd.pre_exec(move || {
-            // First move all three above 10 so that dup2 onto 3..=5 cannot
-            // overwrite a source that happens to sit there.
-            let mut high = [0; 3];
-            for (i, fd) in fds.iter().enumerate() {
-                let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
-                if h < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                high[i] = h;
-            }
-            for (i, h) in high.iter().enumerate() {
-                if libc::dup2(*h, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+        args.push(path_arg(c)?);
     }
 
     let since = Instant::now();
     let exited = {
         let guard = reaper.spawn_guard();
-        let child = cmd.spawn().map_err(HelperError::Spawn)?;
-        guard.watch(child.id() as i32)
+        let forked = FORK_SERVER.get().map(|server| {
+            server.spawn(
+                &args[1..],
+                [
+                    out.as_fd(),
+                    err.as_fd(),
+                    req.stdio[0].as_fd(),
+                    req.stdio[1].as_fd(),
+                    req.stdio[2].as_fd(),
+                ],
+            )
+        });
+        let pid = match forked {
+            Some(Ok(pid)) => pid,
+            // Any other failure may have left a helper running.
+            Some(Err(e)) if !matches!(e, ForkServerError::Gone) => {
+                return Err(HelperError::ForkServer(e))
+            }
+            other => {
+                if other.is_some() {
+                    tracing::warn!(
+                        "the fork server is gone: re-executing the agent for the helper"
+                    );
+                }
+                let mut cmd = exec_command(&args, out, err, &req.stdio)?;
+                cmd.spawn().map_err(HelperError::Spawn)?.id() as i32
+            }
+        };
+        guard.watch(pid)
     };
     // The agent's copies of the child's ends must go, or EOF never comes.
     drop(req.stdio);
@@ -157,6 +159,62 @@ pub async fn run(reaper: &Reaper, req: HelperRequest<'_>) -> Result<(i32, Instan
     Ok((pid, since))
 }
 
+/// The agent's fork server ([`crate::forkserver`]), when it runs.
+pub static FORK_SERVER: OnceLock<ForkServer> = OnceLock::new();
+
+fn path_arg(p: &Path) -> Result<String, HelperError> {
+    p.to_str().map(str::to_string).ok_or_else(|| {
+        HelperError::Spawn(std::io::Error::other(format!(
+            "{} is not UTF-8",
+            p.display()
+        )))
+    })
+}
+
+/// The helper by re-executing this binary (when there is no fork server):
+/// `args` after argv[0], output to `out` and `err`, the process's stdio
+/// on its fds 3, 4 and 5.
+fn exec_command(
+    args: &[String],
+    out: File,
+    err: File,
+    stdio: &[OwnedFd; 3],
+) -> Result<Command, HelperError> {
+    let exe = std::env::current_exe().map_err(HelperError::Spawn)?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.env_remove("RUST_LOG");
+    let fds = [
+        stdio[0].as_raw_fd(),
+        stdio[1].as_raw_fd(),
+        stdio[2].as_raw_fd(),
+    ];
+    // SAFETY: the closure runs between fork and exec and only calls fcntl
+    // and dup2, which are async-signal-safe; it touches no allocator state.
+    unsafe {
+        cmd.pre_exec(move || {
+            // First move all three above 10 so that dup2 onto 3..=5 cannot
+            // overwrite a source that happens to sit there.
+            let mut high = [0; 3];
+            for (i, fd) in fds.iter().enumerate() {
+                let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
+                if h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high[i] = h;
+            }
+            for (i, h) in high.iter().enumerate() {
+                if libc::dup2(*h, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -165,11 +223,15 @@ fn unique() -> u64 {
 
 /// Entry point of `cocoon-agent __helper OP PATH ROOT ID [CONSOLE]`.
 pub fn helper_main(args: &[String]) -> i32 {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter("warn,libcgroups=error")
-        .try_init();
+    // This thread's default, not the global one: a helper forked by the
+    // fork server has the agent's global subscriber already.
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_env_filter("warn,libcgroups=error")
+            .finish(),
+    );
     let [op, path, root, id, rest @ ..] = args else {
         eprintln!("usage: __helper create|exec PATH ROOT ID [CONSOLE]");
         return EXIT_INTERNAL;

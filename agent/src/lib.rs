@@ -18,6 +18,7 @@ pub mod entropy;
 pub mod entry;
 pub mod error_code;
 pub mod exec_seccomp;
+pub mod forkserver;
 pub mod helper;
 pub mod listen;
 pub mod network;

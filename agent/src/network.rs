@@ -120,7 +120,7 @@ pub fn configure(interfaces: &[Interface]) -> Result<Vec<String>, NetworkError> 
             mac: cfg.mac.to_string(),
             source,
         })?;
-        tracing::info!(
+        tracing::debug!(
             interface = %link.name,
             mac = %cfg.mac,
             mtu = cfg.mtu,

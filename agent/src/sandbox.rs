@@ -169,7 +169,7 @@ pub fn create_sandbox(state: &AgentState, s: &SandboxSetup<'_>) -> Result<String
             dir: share.display().to_string(),
             source,
         })?;
-        tracing::info!(tag = s.share_tag, dir = %share.display(), "share mounted");
+        tracing::debug!(tag = s.share_tag, dir = %share.display(), "share mounted");
     }
     Ok(share.display().to_string())
 }

@@ -106,3 +106,75 @@ async fn output_written_at_exit_is_not_lost() {
     assert_eq!(a.wait("burst", "").await.unwrap().exit_status, 0);
     a.remove("burst").await.unwrap();
 }
+
+/// The pid of `agent`'s child named `cocoon-forksrv`, if any.
+fn fork_server_of(agent: u32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{agent}/task/{agent}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "cocoon-forksrv")
+        })
+}
+
+/// The arguments of a created (not started) container's init: a clone of
+/// its libcontainer helper, so they are the helper's.
+fn init_cmdline(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .replace('\0', " ")
+}
+
+async fn wait_gone(pid: i32) {
+    for _ in 0..500 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("process {pid} is still there");
+}
+
+/// Helpers are forked by the agent's fork server (not re-executed: the
+/// created container's init, a clone of the helper, carries the agent's own
+/// arguments, not `__helper`); with the server killed, the agent falls back
+/// to re-executing itself and containers still run; the server dies with
+/// the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_come_from_the_fork_server_and_outlive_its_loss() {
+    let a = Agent::start().await;
+    let agent = a.child.id();
+    let server = fork_server_of(agent).expect("the agent has a fork server");
+
+    let forked = a
+        .create("f1", &a.spec("f1", &["true"]), (false, false, false))
+        .await
+        .unwrap();
+    let cmd = init_cmdline(forked.pid);
+    assert!(
+        cmd.contains("--listen") && !cmd.contains("__helper"),
+        "not forked by the fork server: {cmd}"
+    );
+
+    // SAFETY: kill(2) on the agent's fork server, found above.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+    wait_gone(server).await;
+    let execd = a
+        .create("f2", &a.spec("f2", &["true"]), (false, false, false))
+        .await
+        .unwrap();
+    let cmd = init_cmdline(execd.pid);
+    assert!(cmd.contains("__helper create"), "not re-executed: {cmd}");
+    for id in ["f1", "f2"] {
+        a.start_c(id).await.unwrap();
+        assert_eq!(a.wait(id, "").await.unwrap().exit_status, 0, "{id}");
+        a.remove(id).await.unwrap();
+    }
+
+    let b = Agent::start().await;
+    let server = fork_server_of(b.child.id()).expect("the agent has a fork server");
+    drop(b);
+    wait_gone(server).await;
+}
