@@ -4,8 +4,9 @@
 //! `clone3` and runs Rust code in the child without `exec`. In the agent's
 //! multi-threaded tokio runtime another thread may hold the allocator's lock
 //! at that moment (no atfork handlers run for a raw clone), so the child could
-//! deadlock. The agent therefore re-executes itself as `cocoon-agent
-//! __helper ...`, a single-threaded process that calls the builder and exits.
+//! deadlock. So the builder runs in a single-threaded helper that calls it
+//! and exits: forked by the agent's fork server ([`crate::forkserver`]), or,
+//! when that is gone, the agent re-executed as `cocoon-agent __helper ...`.
 //! The container's init is a child of the helper; when the helper exits it is
 //! reparented to the agent (PID 1, or a child subreaper on the host), whose
 //! reaper collects its exit status.
@@ -23,7 +24,6 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use crate::forkserver::{ForkServer, ForkServerError};
-
 use crate::reaper::Reaper;
 
 const EXIT_INTERNAL: i32 = 1;
