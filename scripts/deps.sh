@@ -86,6 +86,11 @@ if ! compgen -G "$bb_cache/*/busybox" >/dev/null; then
   mv "$bb_cache/$version.tmp" "$bb_cache/$version"
 fi
 
+# The test host's QEMU: the system's if it is 8.0 or newer, else one from the
+# release's backports unpacked into the cache (scripts/testhost-qemu.sh says
+# why). Quiet once it is there.
+"$(dirname "$0")/testhost-qemu.sh" >/dev/null
+
 # Rust components used by make test.
 # (The list is read whole: grep -q on a pipe can end it early, and under
 # pipefail the writer's broken pipe would count as "not installed".)

@@ -311,7 +311,9 @@ def main():
 
     print()
     print(f"`ctr run --rm ... echo` ({a.runs} runs each after a warm-up, alternating with runc; medians "
-          f"with their number of runs (n); {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}); "
+          f"with their number of runs (n); {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"
+          + (f"; test host: {os.environ['COCOON_TESTHOST_EMULATOR']}"
+             if os.environ.get("COCOON_TESTHOST_EMULATOR") else "") + "); "
           "cocoon: the pod's VM restored from a template VM, its RAM loaded as the guest touches "
           "it (the default); cocoon-eager: `template_memory = \"eager\"`, the memory image copied "
           "whole first; cocoon-boot: `template = false`, the pod's VM boots")

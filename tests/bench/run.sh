@@ -35,7 +35,7 @@ declare -A bench_args=(
 kind=$(scripts/kvm-kind.sh)
 case "$kind" in
   vmx|svm) echo "bench: host KVM is hardware ($kind): running directly" ;;
-  *) echo "bench: host KVM is '$kind': running inside the nested test host (QEMU TCG); absolute times are TCG-slowed, compare the ratios" ;;
+  *) echo "bench: host KVM is '$kind': running inside the nested test host ($(scripts/testhost-qemu.sh --version), TCG); absolute times are TCG-slowed, compare the ratios" ;;
 esac
 
 # The CRI bench's crictl and images, made here (never in the slow test host).

@@ -49,7 +49,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 initramfs=$("$here/build-initramfs.sh")
 kver=$(cat "$(dirname "$initramfs")/kernel-version")
 kernel=/boot/vmlinuz-$kver
-command -v qemu-system-x86_64 >/dev/null || { echo "testhost: qemu-system-x86_64 missing: run 'make deps'" >&2; exit 2; }
+# QEMU 8.0+ (scripts/testhost-qemu.sh says why; it unpacks one if the
+# system's is older).
+qemu=$("$here/../../scripts/testhost-qemu.sh") || exit 2
+# The test host's emulator, for the benches' headers.
+COCOON_TESTHOST_EMULATOR=$("$qemu" --version | head -n1)
+export COCOON_TESTHOST_EMULATOR
 
 out=$(mktemp -d /tmp/cocoon-testhost.XXXXXX)
 qpid=""
@@ -85,7 +90,7 @@ trap 'exit 130' INT TERM
 printf "%s" "$PWD" >"$out/cwd"
 : >"$out/output"
 
-qemu-system-x86_64 -M pc -accel ${COCOON_TESTHOST_ACCEL:-tcg} -cpu ${COCOON_TESTHOST_CPU:-max,-vgif} -smp "$cpus" -m "$mem" \
+"$qemu" -M pc -accel ${COCOON_TESTHOST_ACCEL:-tcg} -cpu ${COCOON_TESTHOST_CPU:-max,-vgif} -smp "$cpus" -m "$mem" \
   -nodefaults -no-user-config -display none -no-reboot \
   -kernel "$kernel" -initrd "$initramfs" \
   -append "console=ttyS0 rdinit=/init quiet loglevel=3 panic=-1 ${COCOON_TESTHOST_APPEND:-}" \
