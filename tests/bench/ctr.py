@@ -24,8 +24,15 @@ the table and makes the bench exit 1.
 For cocoon the shim's log splits a run into its phases (VM boot to agent
 ready, container create, start to exit), so the table also says what
 dominates the latency.
+
+`--variant NAME` runs only that variant's phase (repeatable). make bench
+runs each phase in a test host of its own (`--results-json` hands the
+phase's figures out as a JSON line through run.sh --results) and then
+prints the tables from them outside (`--report FILE`): under QEMU TCG the
+VMs of one phase would otherwise slow those of the next (see measure).
 """
 import argparse
+import json
 import math
 import os
 import re
@@ -219,13 +226,13 @@ def start_steps(log_lines, cid):
     return None
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--vmm", required=True)
-    ap.add_argument("--kernel", required=True)
-    ap.add_argument("--initrd", required=True)
-    ap.add_argument("--runs", type=int, default=10)
-    a = ap.parse_args()
+VARIANTS = [n for n in RUNTIMES if n != "runc"]
+
+
+def measure(a, variants):
+    """Run the phases of `variants` in one containerd; returns what
+    report() prints (plain data, so a phase run in a test host of its own
+    can hand it over as a JSON line)."""
     repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
     for tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2"):
         if not shutil.which(tool):
@@ -247,20 +254,23 @@ def main():
     RUNTIMES["cocoon-eager"][2].extend(["--runtime-config-path", eager_cfg])
     cd = Containerd(repo, cfg)
     failures = common.Failures()
+    data = {"variants": variants, "runs": a.runs, "cpus": os.cpu_count(),
+            "emulator": os.environ.get("COCOON_TESTHOST_EMULATOR", ""),
+            "times": {v: [] for v in variants}, "runc_in": {v: [] for v in variants},
+            "mem": {}, "phases": {v: [] for v in variants}, "steps": {v: [] for v in variants}}
     try:
-        times = {n: [] for n in RUNTIMES}
-        runc_in = {n: [] for n in RUNTIMES if n != "runc"}
         walls = []
-        # Each cocoon variant alternates with runc in a phase of its own,
-        # the default (restored) first. Not all four in one rotation: in a
-        # test host under QEMU TCG a VM that booted (or ran from a whole
-        # private copy) leaves translated code on the host frames it used,
-        # and the next VM's writes to those recycled frames pay QEMU's
-        # code invalidation (perf of QEMU during a restored run after a
-        # boot: page_collection_lock 3.4% of its samples, 0% before; the
-        # restored runs slowed 1.5-1.8x, runc not). Real hardware has no
-        # such cost. Each ratio is to the runc runs of the same phase.
-        for variant in [n for n in RUNTIMES if n != "runc"]:
+        # Each cocoon variant alternates with runc in a phase of its own
+        # (make bench runs each phase in a test host of its own). Not all
+        # four in one rotation: in a test host under QEMU TCG a VM that
+        # booted (or ran from a whole private copy) leaves translated code
+        # on the host frames it used, and the next VM's writes to those
+        # recycled frames pay QEMU's code invalidation (perf of QEMU during
+        # a restored run after a boot: page_collection_lock 3.4% of its
+        # samples, 0% before; the restored runs slowed 1.5-1.8x, runc not).
+        # Real hardware has no such cost. Each ratio is to the runc runs of
+        # the same phase.
+        for variant in variants:
             for i in range(a.runs + 1):
                 for name in (variant, "runc"):
                     cid = f"{name}-{i}" if name != "runc" else f"runc-{i}-{variant}"
@@ -272,20 +282,19 @@ def main():
                         continue
                     if i > 0:  # the first run of each is a warm-up
                         if name == "runc":
-                            runc_in[variant].append((first, total))
+                            data["runc_in"][variant].append((first, total))
                         else:
-                            times[name].append((first, total))
+                            data["times"][name].append((first, total))
                             walls.append((name, cid, w0, w1))
                     print(f"bench: ctr run {i}/{a.runs} ({variant} phase): {name} {total:.2f} s",
                           file=sys.stderr, flush=True)
-        times["runc"] = runc_in["cocoon"]
-        mem = {}
-        for name, pods in [(n, 1) for n in RUNTIMES] + [("cocoon", PODS), ("cocoon-eager", PODS)]:
+        for name, pods in ([(v, 1) for v in variants] + [("runc", 1)]
+                           + [(v, PODS) for v in variants if v in ("cocoon", "cocoon-eager")]):
             try:
-                mem[(name, pods)] = pod_memory(cd, name, pods)
+                data["mem"][f"{name}/{pods}"] = pod_memory(cd, name, pods)
             except RunFailed as e:
                 failures.add(name, f"pod PSS, {pods} pods", e)
-                mem[(name, pods)] = (None, {})
+                data["mem"][f"{name}/{pods}"] = (None, {})
         with open(f"{cd.cd_dir}/containerd.log", errors="replace") as f:
             log_lines = f.readlines()
     finally:
@@ -294,26 +303,65 @@ def main():
         os.unlink(boot_cfg)
         os.unlink(eager_cfg)
         shutil.rmtree(templates, ignore_errors=True)
+    for name, cid, w0, w1 in walls:
+        split = phases(log_lines, cid, w0, w1)
+        if split:
+            data["phases"][name].append(split)
+        steps = start_steps(log_lines, cid)
+        if steps:
+            data["steps"][name].append(steps)
+    data["load"] = os.getloadavg()[0]
+    data["failures"] = failures.items
+    return data
 
-    def p95(xs):
-        """Nearest-rank 95th percentile: the smallest value >= 95% of the runs."""
-        xs = sorted(xs)
-        return xs[math.ceil(0.95 * len(xs)) - 1] if xs else None
 
-    first = {n: common.med(t[0] for t in v) for n, v in times.items()}
-    exit_ = {n: common.med(t[1] for t in v) for n, v in times.items()}
+def merge(parts):
+    """One phase's data per element (from separate test hosts) as one."""
+    out = {"variants": [], "times": {}, "runc_in": {}, "mem": {}, "phases": {}, "steps": {},
+           "failures": [], "runs": parts[0]["runs"] if parts else 0,
+           "cpus": max((p["cpus"] for p in parts), default=0),
+           "load": max((p["load"] for p in parts), default=0.0),
+           "emulator": next((p["emulator"] for p in parts if p.get("emulator")), "")}
+    for p in parts:
+        out["variants"] += p["variants"]
+        for k in ("times", "runc_in", "phases", "steps"):
+            out[k].update(p[k])
+        for k, v in p["mem"].items():
+            # runc's pod is measured in every phase: the cocoon phase's counts.
+            if k not in out["mem"] or "cocoon" in p["variants"]:
+                out["mem"][k] = v
+        out["failures"] += p["failures"]
+    return out
+
+
+def p95(xs):
+    """Nearest-rank 95th percentile: the smallest value >= 95% of the runs."""
+    xs = sorted(xs)
+    return xs[math.ceil(0.95 * len(xs)) - 1] if xs else None
+
+
+def report(data, missing=()):
+    """Print the tables; exit 1 if a run failed or a phase is missing."""
+    variants = data["variants"]
+    times = dict(data["times"])
+    runc_in = data["runc_in"]
+    mem = {tuple(k.rsplit("/", 1)[:1]) + (int(k.rsplit("/", 1)[1]),): tuple(v)
+           for k, v in data["mem"].items()}
+    times["runc"] = runc_in.get("cocoon", next(iter(runc_in.values()), []))
+    names = variants + ["runc"]
+    first = {n: common.med(t[0] for t in times[n]) for n in names}
+    exit_ = {n: common.med(t[1] for t in times[n]) for n in names}
     runc_first = {n: common.med(t[0] for t in v) for n, v in runc_in.items()}
     runc_exit = {n: common.med(t[1] for t in v) for n, v in runc_in.items()}
 
     def pss(name, pods=1):
-        v = mem[(name, pods)][0]
+        v = mem.get((name, pods), (None, {}))[0]
         return (v, 1 if v is not None else 0)
 
+    where = f"; test host: {data['emulator']}" if data.get("emulator") else ""
     print()
-    print(f"`ctr run --rm ... echo` ({a.runs} runs each after a warm-up, alternating with runc; medians "
-          f"with their number of runs (n); {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"
-          + (f"; test host: {os.environ['COCOON_TESTHOST_EMULATOR']}"
-             if os.environ.get("COCOON_TESTHOST_EMULATOR") else "") + "); "
+    print(f"`ctr run --rm ... echo` ({data['runs']} runs each after a warm-up, alternating with runc; "
+          f"medians with their number of runs (n); {data['cpus']} cpus, load {data['load']:.1f}{where}); "
           "cocoon: the pod's VM restored from a template VM, its RAM loaded as the guest touches "
           "it (the default); cocoon-eager: `template_memory = \"eager\"`, the memory image copied "
           "whole first; cocoon-boot: `template = false`, the pod's VM boots")
@@ -321,34 +369,35 @@ def main():
     print("| runtime | first output, median (s) | ctr exit, median (s) | ctr exit p95 (s) "
           f"| pod PSS, 1 pod (MiB) | pod PSS, {PODS} pods (MiB per pod) |")
     print("|---|---|---|---|---|---|")
-    for n in RUNTIMES:
+    for n in names:
         q = p95(t[1] for t in times[n])
         q_s = f"{q:.3f} (n={len(times[n])})" if q is not None else "failed (n=0)"
         many = common.cell(pss(n, PODS), "{:.1f}", 1024.0) if (n, PODS) in mem else ""
         print(f"| {n} | {common.cell(first[n])} | {common.cell(exit_[n])} | {q_s} | "
               f"{common.cell(pss(n), '{:.1f}', 1024.0)} | {many} |")
-    for n in ("cocoon-eager", "cocoon-boot"):
+    for n in variants:
+        if n == "cocoon" and "cocoon" in runc_in:
+            continue  # the runc row above
         q = p95(t[1] for t in runc_in[n])
         q_s = f"{q:.3f} (n={len(runc_in[n])})" if q is not None else "failed (n=0)"
         print(f"| runc ({n} phase) | {common.cell(runc_first[n])} | {common.cell(runc_exit[n])} | "
               f"{q_s} | | |")
-    for n in ("cocoon", "cocoon-eager", "cocoon-boot"):
+    for n in variants:
         print(f"| {n}/runc | {common.ratio(first[n], runc_first[n])} | "
               f"{common.ratio(exit_[n], runc_exit[n])} | | "
               f"{common.ratio(pss(n), pss('runc'))} | |")
     print()
-    print("- each cocoon variant alternates with runc in a phase of its own (the restored default "
-          "first); its time ratios are to the runc runs of its phase (the runc row is the cocoon "
-          "phase's). Under QEMU TCG a VM that booted leaves translated code on the host frames it "
-          "used, and VMs after it pay QEMU's code invalidation when they write those frames, which "
-          "real hardware does not")
+    print("- each cocoon variant alternates with runc in a phase of its own (in the test host: a "
+          "test host of its own); its time ratios are to the runc runs of its phase (the runc row "
+          "is the cocoon phase's). Under QEMU TCG a VM that booted leaves translated code on the "
+          "host frames it used, and VMs after it pay QEMU's code invalidation when they write "
+          "those frames, which real hardware does not")
     print("- p95: nearest rank (the smallest time that at least 95% of the runs did not exceed; with fewer "
           "than 20 runs that is the slowest run)")
     print(f"- pod PSS: `sleep` pods, measured once (n=1): the host processes of all pods summed and "
           f"divided by the pods; with {PODS} pods the binaries' pages are shared {PODS} ways")
-    for variant in ("cocoon", "cocoon-eager", "cocoon-boot"):
-        split = [p for p in (phases(log_lines, cid, w0, w1)
-                             for n, cid, w0, w1 in walls if n == variant) if p]
+    for variant in variants:
+        split = data["phases"][variant]
         if split and exit_[variant][0]:
             print()
             print(f"Where a {variant} `ctr run --rm` goes (median of {len(split)} runs, from the "
@@ -363,8 +412,7 @@ def main():
         else:
             print(f"\n(no phase split for {variant}: the shim's log lines were not found in "
                   "containerd's log)")
-        steps = [s for s in (start_steps(log_lines, cid)
-                             for n, cid, _, _ in walls if n == variant) if s]
+        steps = data["steps"][variant]
         if steps:
             print()
             print(f"Of {variant}'s VM start (median of {len(steps)} runs, ms): " + ", ".join(
@@ -374,7 +422,52 @@ def main():
         f"{n}, {k} pod{'s' if k > 1 else ''}: "
         + ", ".join(f"{c} {v / 1024:.1f}" for c, v in sorted(parts.items()))
         for (n, k), (_, parts) in mem.items()))
+    failures = common.Failures()
+    failures.items = [tuple(f) for f in data["failures"]]
+    for m in missing:
+        failures.items.append((m, "all", "its phase produced no data (see the bench's output above)"))
     failures.report_and_exit()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vmm")
+    ap.add_argument("--kernel")
+    ap.add_argument("--initrd")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--variant", action="append", choices=VARIANTS,
+                    help="run this cocoon variant's phase (repeatable; default: all)")
+    ap.add_argument("--results-json", action="store_true",
+                    help="append the phase's data as one JSON line to $COCOON_TESTHOST_RESULTS "
+                         "(run.sh --results) instead of printing the tables")
+    ap.add_argument("--report", metavar="FILE",
+                    help="print the tables from the JSON lines in FILE (one per phase)")
+    ap.add_argument("--expect", action="append", choices=VARIANTS, default=[],
+                    help="with --report: a variant whose phase must be there")
+    a = ap.parse_args()
+    if a.report:
+        parts = []
+        with open(a.report) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    parts.append(json.loads(line))
+        data = merge(parts)
+        report(data, missing=[v for v in a.expect if v not in data["variants"]])
+        return
+    for need in ("vmm", "kernel", "initrd"):
+        if not getattr(a, need):
+            ap.error(f"--{need} is required")
+    data = measure(a, a.variant or VARIANTS)
+    if a.results_json:
+        path = os.environ.get("COCOON_TESTHOST_RESULTS")
+        if not path:
+            raise SystemExit("bench: --results-json needs $COCOON_TESTHOST_RESULTS (tests/testhost/run.sh --results)")
+        with open(path, "a") as f:
+            f.write(json.dumps(data) + "\n")
+        sys.exit(1 if data["failures"] else 0)
+    report(data)
+
 
 if __name__ == "__main__":
     main()

@@ -59,26 +59,54 @@ testhost_reason() {
   echo "${r:-the test host failed (exit 126)}"
 }
 
+# Runs LABEL's command in the test host (again, twice at most, if the test
+# host itself failed); sets rc. Run-host options go before the "--".
+in_testhost() { # LABEL [run.sh options] -- CMD...
+  local label=$1 attempt reason
+  shift
+  for attempt in 1 2 3; do
+    # stderr goes to the terminal and to $errlog (for the test host's reason).
+    tests/testhost/run.sh --timeout "${BENCH_TIMEOUT:-3600}" "$@" 2>&1 1>&3 3>&- | tee "$errlog" >&2
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 126 ] || break
+    reason=$(testhost_reason)
+    if [ "$attempt" -lt 3 ]; then
+      reruns+=("$label: $reason")
+      echo "bench: the test host failed during '$label' ($reason); running '$label' again" >&2
+    else
+      rc="126, the test host failed 3 times, last: $reason"
+    fi
+  done
+}
+
 for b in boot restore vsock fs ctr cri jail; do
   [[ "$want" == *" $b "* ]] || continue
   # shellcheck disable=SC2086 # the arguments are paths without spaces
   case "$kind" in
     vmx|svm) rc=0; python3 "tests/bench/$b.py" ${bench_args[$b]} || rc=$? ;;
     *)
-      for attempt in 1 2 3; do
-        # stderr goes to the terminal and to $errlog (for the test host's reason).
-        tests/testhost/run.sh --timeout "${BENCH_TIMEOUT:-3600}" -- python3 "tests/bench/$b.py" ${bench_args[$b]} \
-          2>&1 1>&3 3>&- | tee "$errlog" >&2
-        rc=${PIPESTATUS[0]}
-        [ "$rc" = 126 ] || break
-        reason=$(testhost_reason)
-        if [ "$attempt" -lt 3 ]; then
-          reruns+=("$b: $reason")
-          echo "bench: the test host failed during '$b' ($reason); running '$b' again" >&2
-        else
-          rc="126, the test host failed 3 times, last: $reason"
-        fi
-      done ;;
+      if [ "$b" = ctr ]; then
+        # Each variant's phase in a test host of its own (tests/bench/ctr.py
+        # says why), its figures handed out as a JSON line; the tables after.
+        phases=$(mktemp /tmp/cocoon-bench-ctr.XXXXXX)
+        worst=0
+        for v in cocoon cocoon-eager cocoon-boot; do
+          rm -f "$phases.one"
+          in_testhost "ctr ($v)" --results "$phases.one" -- \
+            python3 tests/bench/ctr.py ${bench_args[ctr]} --variant "$v" --results-json
+          # A phase's JSON line is kept only if it is whole.
+          if [ -s "$phases.one" ]; then grep "^{.*}\$" "$phases.one" | tail -n1 >>"$phases" || true; fi
+          [ "$rc" = 0 ] || worst=$rc
+        done
+        rm -f "$phases.one"
+        rc=0
+        python3 tests/bench/ctr.py --report "$phases" --expect cocoon --expect cocoon-eager \
+          --expect cocoon-boot || rc=$?
+        [ "$worst" = 0 ] || rc=$worst
+        rm -f "$phases"
+      else
+        in_testhost "$b" -- python3 "tests/bench/$b.py" ${bench_args[$b]}
+      fi ;;
   esac
   if [ "$rc" = 0 ]; then ran+=("$b: ok"); else ran+=("$b: FAILED (exit $rc)"); failed+=("$b"); fi
 done
