@@ -175,11 +175,15 @@ def main():
     ap.add_argument("--mib", type=int, default=64, help="host->pod MiB per run")
     # busybox `head | nc` between two nested TCG guests moves ~0.2 MiB/s.
     ap.add_argument("--p2p-mib", type=int, default=8, help="pod->pod MiB per run")
+    ap.add_argument("--no-template", action="store_true",
+                    help="cocoon's pods boot (`template = false`): to compare VMM builds whose "
+                         "templates are not interchangeable")
     a = ap.parse_args()
     cfg = f"/tmp/cocoon-bench-cri-{os.getpid()}.toml"
     with open(cfg, "w") as f:
         f.write(f'kernel = "{a.kernel}"\ninitrd = "{a.initrd}"\nvmm = "{a.vmm}"\n'
-                f'run_dir = "/run/cocoon-bench-cri-{os.getpid()}"\n')
+                f'run_dir = "/run/cocoon-bench-cri-{os.getpid()}"\n'
+                + ("template = false\n" if a.no_template else ""))
     failures = common.Failures()
     start = {h: [] for h in HANDLERS}
     h2p = {h: [] for h in HANDLERS}
@@ -223,7 +227,10 @@ def main():
     print()
     print(f"CRI pod start: `crictl runp` + `create` + `start` to the first log line ({a.runs} runs "
           f"each after a warm-up, alternating); medians with their number of runs (n); "
-          f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
+          f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; VMM {a.vmm}"
+          + ("; cocoon's pods boot (`template = false`)" if a.no_template else "")
+          + (f"; test host: {os.environ['COCOON_TESTHOST_EMULATOR']}"
+             if os.environ.get("COCOON_TESTHOST_EMULATOR") else ""))
     print()
     print("| handler | pod start (s) | host->pod MiB/s | pod->pod MiB/s |")
     print("|---|---|---|---|")
