@@ -75,7 +75,7 @@ impl Backend for LocalBackend {
             if let Some(status) = proc.exit_status() {
                 return Err(SandboxError::EarlyExit {
                     what: "cocoon-agent".into(),
-                    status,
+                    status: status.to_string(),
                 });
             }
             if connect(&control).await.is_ok() && connect(&streams).await.is_ok() {

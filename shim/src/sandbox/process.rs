@@ -1,7 +1,10 @@
 //! A supervised helper process (VMM, virtiofsd, local agent): spawned with
 //! a pid file, watched for exit, killed and reaped on stop.
 
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -11,12 +14,81 @@ use tokio::sync::watch;
 
 use super::SandboxError;
 
+/// How a supervised process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled {
+        /// The signal's number.
+        signal: i32,
+        /// Whether it dumped core.
+        core: bool,
+    },
+    /// Waiting for it failed (the text says why); it is gone to us.
+    WaitFailed(String),
+}
+
+impl Ended {
+    /// The exit code; `None` for a death by a signal or a failed wait.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            Ended::Exited(code) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The signal that killed it, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        match self {
+            Ended::Signaled { signal, .. } => Some(*signal),
+            _ => None,
+        }
+    }
+}
+
+impl From<ExitStatus> for Ended {
+    fn from(status: ExitStatus) -> Self {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Ended::Exited(code),
+            (None, Some(signal)) => Ended::Signaled {
+                signal,
+                core: status.core_dumped(),
+            },
+            // Neither: a stopped or continued status, which `wait` does
+            // not return for an exited child.
+            (None, None) => Ended::WaitFailed(format!("unexpected wait status {status}")),
+        }
+    }
+}
+
+/// `ExitStatus`'s own words: "exit status: 4", "signal: 31 (SIGSYS) (core dumped)".
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::Exited(code) => write!(f, "exit status: {code}"),
+            Ended::Signaled { signal, core } => {
+                write!(f, "signal: {signal}")?;
+                if let Ok(name) = Signal::try_from(*signal) {
+                    write!(f, " ({name})")?;
+                }
+                if *core {
+                    write!(f, " (core dumped)")?;
+                }
+                Ok(())
+            }
+            Ended::WaitFailed(why) => write!(f, "wait failed: {why}"),
+        }
+    }
+}
+
 pub struct Supervised {
     pub name: &'static str,
     pub pid: u32,
     pid_file: PathBuf,
-    /// `Some(description)` once the process has exited.
-    exited: watch::Receiver<Option<String>>,
+    /// `Some` once the process has ended.
+    exited: watch::Receiver<Option<Ended>>,
 }
 
 impl Supervised {
@@ -39,8 +111,8 @@ impl Supervised {
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let status = match child.wait().await {
-                Ok(s) => s.to_string(),
-                Err(e) => format!("wait failed: {e}"),
+                Ok(s) => Ended::from(s),
+                Err(e) => Ended::WaitFailed(e.to_string()),
             };
             tracing::info!(name, pid, %status, "helper process exited");
             let _ = tx.send(Some(status));
@@ -53,11 +125,11 @@ impl Supervised {
         })
     }
 
-    pub fn exit_status(&self) -> Option<String> {
+    pub fn exit_status(&self) -> Option<Ended> {
         self.exited.borrow().clone()
     }
 
-    pub fn exited(&self) -> watch::Receiver<Option<String>> {
+    pub fn exited(&self) -> watch::Receiver<Option<Ended>> {
         self.exited.clone()
     }
 

@@ -481,11 +481,11 @@ async fn wait_and_save(
             "the template VM did not save itself within {SAVE_LIMIT:?}"
         )));
     }
-    match vmm.exit_status().as_deref() {
-        Some("exit status: 0") => Ok(()),
+    match vmm.exit_status() {
+        Some(ended) if ended.code() == Some(0) => Ok(()),
         other => Err(TemplateError::Build(format!(
             "the template VM's save failed ({}): {}",
-            other.unwrap_or("unknown"),
+            other.map_or_else(|| "unknown".into(), |e| e.to_string()),
             log_tail(build)
         ))),
     }

@@ -19,7 +19,7 @@ use super::network::{self, PodNic};
 use super::output::bounded_output;
 use super::pod_dir::{log_tail, read_ring};
 use super::port_forward::PortForwarder;
-use super::process::Supervised;
+use super::process::{Ended, Supervised};
 use super::vmm_jail;
 use super::{Backend, Endpoints, PodDir, SandboxError};
 use crate::config::Config;
@@ -99,8 +99,8 @@ struct StartTiming {
 
 /// Why a VMM that nobody stopped is gone: its status, and for `SIGSYS` the
 /// line of its stderr that names the forbidden call.
-pub fn describe_vmm_death(pid: u32, status: &str, stderr: &str) -> String {
-    if status.contains("SIGSYS") {
+pub fn describe_vmm_death(pid: u32, ended: &Ended, stderr: &str) -> String {
+    if ended.signal() == Some(libc::SIGSYS) {
         let named = stderr
             .lines()
             .rev()
@@ -116,28 +116,23 @@ pub fn describe_vmm_death(pid: u32, status: &str, stderr: &str) -> String {
         let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         format!(
-            "cocoon-vmm (pid {pid}) exited: {status}; {}",
+            "cocoon-vmm (pid {pid}) exited: {ended}; {}",
             tail.join(" | ")
         )
     }
 }
 
-/// Whether the VMM's end, `status` (`ExitStatus`'s text), is one the shim
-/// did not cause and must report: any end while the pod runs; while it
-/// stops, any signal but the SIGTERM and SIGKILL the shim sends (a VMM
-/// killed by its seccomp filter as the pod's teardown begins is still a
-/// VMM killed by its seccomp filter).
-pub fn death_is_news(stopping: bool, status: &str) -> bool {
+/// Whether the VMM's end is one the shim did not cause and must report:
+/// any end while the pod runs; while it stops, any signal but the SIGTERM
+/// and SIGKILL the shim sends (a VMM killed by its seccomp filter as the
+/// pod's teardown begins is still a VMM killed by its seccomp filter).
+pub fn death_is_news(stopping: bool, ended: &Ended) -> bool {
     if !stopping {
         return true;
     }
-    status.contains("signal") && !status.contains("SIGTERM") && !status.contains("SIGKILL")
-}
-
-/// The code of an `ExitStatus` text ("exit status: N"); `None` for a
-/// death by a signal.
-fn exit_code(status: &str) -> Option<i32> {
-    status.strip_prefix("exit status: ")?.trim().parse().ok()
+    ended
+        .signal()
+        .is_some_and(|s| s != libc::SIGTERM && s != libc::SIGKILL)
 }
 
 impl VmBackend {
@@ -444,9 +439,11 @@ impl VmBackend {
         );
         tokio::spawn(async move {
             let _ = exited.wait_for(|s| s.is_some()).await;
-            let status = exited.borrow().clone().unwrap_or_default();
-            if let Some(snapshot) =
-                template.filter(|_| exit_code(&status) == Some(EXIT_SNAPSHOT_MEMORY))
+            let status = exited
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| Ended::WaitFailed("its supervisor stopped watching".into()));
+            if let Some(snapshot) = template.filter(|_| status.code() == Some(EXIT_SNAPSHOT_MEMORY))
             {
                 // A page of the template's memory image failed its check
                 // as the guest touched it: no later pod may use it.
@@ -500,7 +497,7 @@ impl VmBackend {
                         stderr.trim(),
                         self.pod.console_tail(CONSOLE_TAIL)
                     ),
-                    status,
+                    status: status.to_string(),
                 });
             }
             match connect_agent(control).await {
@@ -712,31 +709,38 @@ impl Backend for VmBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{death_is_news, describe_vmm_death, exit_code};
+    use super::{death_is_news, describe_vmm_death, Ended};
     use std::os::unix::process::ExitStatusExt;
     use std::process::ExitStatus;
 
+    fn ended(raw: i32) -> Ended {
+        Ended::from(ExitStatus::from_raw(raw))
+    }
+
     #[test]
-    fn exit_codes_are_read_from_the_status_text() {
-        let text = |raw| ExitStatus::from_raw(raw).to_string();
-        assert_eq!(exit_code(&text(6 << 8)), Some(6));
-        assert_eq!(exit_code(&text(0)), Some(0));
-        assert_eq!(exit_code(&text(9)), None);
-        assert_eq!(exit_code("wait failed: EINTR"), None);
+    fn ends_keep_the_code_or_signal_and_read_like_exit_status() {
+        for raw in [6 << 8, 0, 9, 15, 31 | 0x80] {
+            let status = ExitStatus::from_raw(raw);
+            let e = Ended::from(status);
+            assert_eq!(e.code(), status.code(), "{status}");
+            assert_eq!(e.signal(), status.signal(), "{status}");
+            assert_eq!(e.to_string(), status.to_string());
+        }
+        assert_eq!(Ended::WaitFailed("EINTR".into()).code(), None);
+        assert_eq!(Ended::WaitFailed("EINTR".into()).signal(), None);
     }
 
     #[test]
     fn a_death_the_shim_did_not_cause_is_reported_even_while_stopping() {
-        // The texts the supervisor hands over are ExitStatus's own.
-        let text = |raw| ExitStatus::from_raw(raw).to_string();
-        let (sigsys, sigterm, sigkill) = (text(31), text(15), text(9));
-        let (core, clean) = (text(31 | 0x80), text(0));
-        for status in [&sigsys, &sigterm, &sigkill, &core, &clean] {
+        let (sigsys, sigterm, sigkill) = (ended(31), ended(15), ended(9));
+        let (core, clean) = (ended(31 | 0x80), ended(0));
+        let failed = Ended::WaitFailed("ECHILD".into());
+        for status in [&sigsys, &sigterm, &sigkill, &core, &clean, &failed] {
             assert!(death_is_news(false, status), "{status}");
         }
         assert!(death_is_news(true, &sigsys), "{sigsys}");
         assert!(death_is_news(true, &core), "{core}");
-        for status in [&sigterm, &sigkill, &clean] {
+        for status in [&sigterm, &sigkill, &clean, &failed] {
             assert!(!death_is_news(true, status), "{status}");
         }
     }
@@ -744,14 +748,14 @@ mod tests {
     #[test]
     fn a_sigsys_death_names_the_call() {
         let stderr = "noise\ncocoon-vmm: seccomp: the vcpu thread made system call 110 (getppid), which its allow-list lacks: killed with SIGSYS\ncocoon-vmm: the jailed VMM was killed by SIGSYS\n";
-        let why = describe_vmm_death(42, "signal: 31 (SIGSYS) (core dumped)", stderr);
+        let why = describe_vmm_death(42, &ended(31 | 0x80), stderr);
         assert!(
             why.contains("cocoon-vmm (pid 42) was killed by SIGSYS"),
             "{why}"
         );
         assert!(why.contains("system call 110 (getppid)"), "{why}");
         assert!(why.contains("vmm_seccomp = \"audit\""), "{why}");
-        let why = describe_vmm_death(7, "exit status: 4", "a\nb\nc\nkvm failed\n");
+        let why = describe_vmm_death(7, &ended(4 << 8), "a\nb\nc\nkvm failed\n");
         assert_eq!(
             why,
             "cocoon-vmm (pid 7) exited: exit status: 4; b | c | kvm failed"
