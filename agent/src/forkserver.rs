@@ -21,7 +21,7 @@
 //! re-executing itself.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use nix::sys::socket::{
@@ -283,36 +283,34 @@ fn fork_helper(sock: &OwnedFd, args: &[String], fds: Vec<OwnedFd>, helper: Helpe
 }
 
 /// In the helper: `/dev/null` on 0, the output files on 1 and 2, the
-/// process's stdio on 3, 4 and 5 (what an exec'd helper gets). The
-/// received descriptors may sit anywhere, 3..=5 included, so each is moved
-/// above 10 (and its original closed) before any is placed.
+/// process's stdio on 3, 4 and 5 (what an exec'd helper gets); the
+/// received descriptors may sit anywhere, 3..=5 included
+/// ([`crate::fd_move::move_onto`] copes).
 fn place_fds(fds: Vec<OwnedFd>) -> std::io::Result<()> {
-    let cvt = |rc: libc::c_int| {
-        if rc < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(rc)
-        }
-    };
-    let mut high = Vec::with_capacity(fds.len());
-    for fd in fds {
-        // SAFETY: fcntl on a descriptor we own; the original is closed
-        // when `fd` drops.
-        high.push(cvt(unsafe {
-            libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10)
-        })?);
-    }
+    let raw: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+    let raw: [RawFd; REQUEST_FDS] = raw
+        .try_into()
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: this forked helper has one thread; the received descriptors
+    // were given up above (into_raw_fd), and 1..=5 hold nothing it needs
+    // (the server's socket is closed, 1 and 2 are replaced on purpose).
+    unsafe { crate::fd_move::move_onto(raw, [1, 2, 3, 4, 5]) }?;
+    // Not close-on-exec: it may land on 0 itself (if 0 was free), where it
+    // stays; anywhere else it is placed and closed at once (one thread).
     // SAFETY: a NUL-terminated path.
-    let null = cvt(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
-    // SAFETY: dup2 onto the standard descriptors and 3..=5: nothing in this
-    // process owns them any more (the received originals are closed, the
-    // server's socket too), and the copies above 10 are closed once placed.
-    unsafe {
-        cvt(libc::dup2(null, 0))?;
-        libc::close(null);
-        for (target, h) in [1, 2, 3, 4, 5].into_iter().zip(&high) {
-            cvt(libc::dup2(*h, target))?;
-            libc::close(*h);
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+    if null < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if null != 0 {
+        // SAFETY: dup2 onto stdin, which nothing here owns, then closing
+        // the descriptor just opened.
+        unsafe {
+            let placed = libc::dup2(null, 0);
+            libc::close(null);
+            if placed < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
     }
     Ok(())

@@ -190,27 +190,11 @@ fn exec_command(
         stdio[1].as_raw_fd(),
         stdio[2].as_raw_fd(),
     ];
-    // SAFETY: the closure runs between fork and exec and only calls fcntl
-    // and dup2, which are async-signal-safe; it touches no allocator state.
+    // SAFETY: the closure runs between fork and exec and only makes
+    // system calls (fcntl, close, dup2: async-signal-safe), no allocation;
+    // the child's copies of the stdio descriptors are its to give up.
     unsafe {
-        cmd.pre_exec(move || {
-            // First move all three above 10 so that dup2 onto 3..=5 cannot
-            // overwrite a source that happens to sit there.
-            let mut high = [0; 3];
-            for (i, fd) in fds.iter().enumerate() {
-                let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
-                if h < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                high[i] = h;
-            }
-            for (i, h) in high.iter().enumerate() {
-                if libc::dup2(*h, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || crate::fd_move::move_onto(fds, [3, 4, 5]));
     }
     Ok(cmd)
 }

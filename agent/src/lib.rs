@@ -18,6 +18,7 @@ pub mod entropy;
 pub mod entry;
 pub mod error_code;
 pub mod exec_seccomp;
+pub mod fd_move;
 pub mod forkserver;
 pub mod helper;
 pub mod listen;
