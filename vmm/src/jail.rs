@@ -219,9 +219,23 @@ static JAILED_CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32
 extern "C" fn forward_to_child(sig: libc::c_int) {
     let child = JAILED_CHILD.load(std::sync::atomic::Ordering::SeqCst);
     if child > 0 {
-        // SAFETY: kill is async-signal-safe; the pid is our own child.
+        // SAFETY: kill is async-signal-safe; the pid is our own child, not
+        // yet reaped (the monitor clears it before it reaps).
         unsafe { libc::kill(child, sig) };
     }
+}
+
+/// The termination signal the monitor was sent (0: none).
+static STOP_ASKED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// SIGTERM, SIGINT, SIGHUP to the monitor: the VMM is killed (as PID 1 of
+/// its namespace it ignores any signal it has no handler for, SIGKILL
+/// aside) and the monitor goes on to wait for it, so it reports how the
+/// VMM really ended — a VMM already dying of SIGSYS still reads as SIGSYS
+/// — and dies of the asked signal itself when the VMM died of the SIGKILL.
+extern "C" fn stop_child(sig: libc::c_int) {
+    STOP_ASKED.store(sig, std::sync::atomic::Ordering::SeqCst);
+    forward_to_child(libc::SIGKILL);
 }
 
 fn monitor(child: libc::pid_t, cfg: &JailConfig, mode: SeccompMode, _pipe: OwnedFd) -> ! {
@@ -237,6 +251,16 @@ fn monitor(child: libc::pid_t, cfg: &JailConfig, mode: SeccompMode, _pipe: Owned
             libc::signal(
                 sig,
                 forward_to_child as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: installing a handler that only stores to an atomic and
+        // calls kill (async-signal-safe).
+        unsafe {
+            libc::signal(
+                sig,
+                stop_child as extern "C" fn(libc::c_int) as libc::sighandler_t,
             )
         };
     }
@@ -278,9 +302,33 @@ fn monitor(child: libc::pid_t, cfg: &JailConfig, mode: SeccompMode, _pipe: Owned
             });
         }
     }
+    // Wait for the VMM's end without reaping it, so that no forwarded
+    // signal can reach a process that reused its pid; then forward no more
+    // and reap it.
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid fills it for our child.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waits for our own child without reaping it.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                child as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::__WALL,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            std::process::exit(crate::exit::EXIT_SETUP_ERROR);
+        }
+    }
+    JAILED_CHILD.store(0, std::sync::atomic::Ordering::SeqCst);
     let mut status = 0;
     loop {
-        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        // SAFETY: reaps our own child (it has ended); `status` is a valid
+        // out pointer.
         let rc = unsafe { libc::waitpid(child, &mut status, libc::__WALL) };
         if rc == child {
             break;
@@ -292,7 +340,13 @@ fn monitor(child: libc::pid_t, cfg: &JailConfig, mode: SeccompMode, _pipe: Owned
     if libc::WIFEXITED(status) {
         std::process::exit(libc::WEXITSTATUS(status));
     }
-    let sig = libc::WTERMSIG(status);
+    let mut sig = libc::WTERMSIG(status);
+    let asked = STOP_ASKED.load(std::sync::atomic::Ordering::SeqCst);
+    if sig == libc::SIGKILL && asked != 0 {
+        // Our own SIGKILL, sent because we were asked to stop: die of
+        // what we were sent, as an unjailed VMM would have.
+        sig = asked;
+    }
     if sig == libc::SIGSYS {
         eprintln!(
             "cocoon-vmm: the jailed VMM was killed by SIGSYS: a system call outside its \
