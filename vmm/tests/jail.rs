@@ -271,16 +271,21 @@ fn a_jailed_vmm_runs_unprivileged_filtered_and_alone() {
     // itself (so it can tell how the VMM ended: a VMM dying of SIGSYS as
     // its pod is stopped still reads as SIGSYS); it dies of what it was sent.
     // A blocking wait, to look at the VMM the moment the monitor is gone;
-    // a watchdog kills a monitor that does not go.
+    // a watchdog kills a monitor that does not go within 10 s, and only
+    // while it is not reaped (the pid could be reused after).
     let mpid = monitor.0.id() as i32;
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(10));
-        // SAFETY: signalling the child we started (if still there).
-        unsafe { libc::kill(mpid, libc::SIGKILL) };
+    let (reaped_tx, reaped_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if reaped_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            // SAFETY: signalling the child we started, not yet reaped.
+            unsafe { libc::kill(mpid, libc::SIGKILL) };
+        }
     });
     // SAFETY: signalling the child we started.
     unsafe { libc::kill(mpid, libc::SIGTERM) };
     let st = monitor.0.wait().unwrap();
+    let _ = reaped_tx.send(());
+    watchdog.join().unwrap();
     assert_eq!(st.signal(), Some(libc::SIGTERM), "{st:?}");
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
